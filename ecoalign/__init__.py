@@ -1,0 +1,31 @@
+"""ecoalign: botany-aware remote-sensing and organism foundation models, put to work in ecology.
+
+Heavy dependencies (torch, torchgeo, rasterio) load only when a function that needs them is called.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["adapt", "load_encoder", "load_manifest", "EcoalignInputError"]
+
+from .errors import EcoalignInputError
+
+
+def adapt(overrides=(), *, out=None, resume=None):
+    """Python face of ``ecoalign adapt``: ``ecoalign.adapt(["backbone.size=small"], out="runs/x")``."""
+    from .config import compose
+    from .train.adapt import adapt as _adapt
+
+    return _adapt(compose("adapt", list(overrides)), out=out, resume=resume)
+
+
+def load_encoder(name_or_path, **kwargs):
+    from .encoders.registry import load_encoder as _load
+
+    return _load(name_or_path, **kwargs)
+
+
+def load_manifest(name_or_path, **kwargs):
+    from .data.manifest import load_manifest as _load
+
+    return _load(name_or_path, **kwargs)
