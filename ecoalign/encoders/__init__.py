@@ -1,0 +1,1 @@
+"""Encoders: the frozen DOFA backbone, the image adapter, relevé encoders, and the registry that loads them."""

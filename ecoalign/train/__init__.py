@@ -1,0 +1,1 @@
+"""Training: the one-time backbone embedding pass and the anchored contrastive alignment."""
