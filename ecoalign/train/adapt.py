@@ -130,7 +130,7 @@ def adapt(cfg, *, out: str | None = None, resume: str | bool | None = None) -> P
                                  path=manifest.source,
                                  expected="plots inside the raster footprint, in a CRS that can be reprojected to it")
     report["embedding_pass"] = {"seconds": embed_seconds, "plots_per_second": cache.plots_per_second,
-                                "cache": str(cache.path), "cached": cache.plots_per_second is None or embed_seconds < 1}
+                                "cache": str(cache.path), "reused_cache": cache.reused}
 
     rel = releves.subset(list(cache.plot_ids))
     present = rel.cover.sum(axis=0) > 0
@@ -225,7 +225,8 @@ def render_report(report: dict) -> str:
            f"- split (spatial blocks of {report['split']['block_size_m']} m): train {report['split']['train']}, "
            f"val {report['split']['val']}, test {report['split']['test']}",
            f"- embedding pass: {report['embedding_pass']['seconds']:.1f} s"
-           + (f", {report['embedding_pass']['plots_per_second']:.2f} plots/s" if report['embedding_pass']['plots_per_second'] else " (from cache)"),
+           + (" (reused from cache)" if report["embedding_pass"]["reused_cache"] else
+              f", {report['embedding_pass']['plots_per_second'] or 0:.2f} plots/s"),
            "", "## Held-out retrieval and anchor fidelity", "",
            "| variant | anchor λ | adapter trained | epochs (best) | img→rel R@1 | img→rel R@10 | rel→img R@1 | rel→img R@10 | fidelity r |",
            "|---|---|---|---|---|---|---|---|---|"]

@@ -30,6 +30,7 @@ class BackboneCache:
     key: str
     path: Path
     plots_per_second: float | None = None
+    reused: bool = False  # True when every embedding came from an earlier run's cache
 
 
 def cache_key(parts: dict) -> str:
@@ -57,7 +58,7 @@ def build_backbone_cache(*, reader, features, plot_ids: Sequence[str], centres: 
         index = json.loads(index_file.read_text())
         return BackboneCache(np.asarray(index["plot_ids"], dtype=object), np.asarray(index["centres"], dtype=np.float64),
                              np.load(final, mmap_mode="r"), index["views"], index["skipped"], key, folder,
-                             index.get("plots_per_second"))
+                             index.get("plots_per_second"), reused=True)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "key.json", {"version": CACHE_VERSION, **key_parts, "views": list(views), "n_plots": len(plot_ids)})
 
