@@ -82,7 +82,7 @@ def test_flags_select_config_groups_and_overrides_apply():
     assert cfg.backbone.name == "dofa" and cfg.backbone.size == "small"
     assert cfg.releve_encoder.kind == "attention"
     assert cfg.loss.name == "infonce" and cfg.loss.anchor_weight == 0
-    assert cfg.trainer.epochs == 5 and cfg.trainer.lr == 0.001  # quick extends default
+    assert cfg.trainer.epochs == 5 and cfg.trainer.batch_size == 64  # quick extends default
     assert cfg.data.patch_size_m == 100
 
 

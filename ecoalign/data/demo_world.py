@@ -116,7 +116,7 @@ _PLANTS = [
     ("Pistacia lentiscus", "Magnoliopsida", "Sapindales", "Anacardiaceae", "mastic", {S: 1.0}, .15, .30, .20, 40),
     ("Cistus monspeliensis", "Magnoliopsida", "Malvales", "Cistaceae", "Montpellier cistus", {S: 1.0}, .10, .20, .20, 40),
 ]
-OFF_COVER_AFFINITY = 0.02  # a species now and then strays outside its land covers
+OFF_COVER_AFFINITY = 0.01  # a species now and then strays outside its land covers
 
 # Butterflies: species, family, common name, land-cover effects (logit), moisture and nutrient slopes.
 _BUTTERFLIES = [
@@ -153,25 +153,28 @@ SOIL_DISPERSION = 2.0  # negative-binomial k: soil counts are overdispersed
 # foreground fraction is tree crowns (forest), bushes (scrub, grassland, wetland) or crop greenness.
 _SHRUB = (0.030, 0.055, 0.040, 0.300)
 _BACKGROUND = np.array([
-    (0.020, 0.032, 0.022, 0.140),  # forest: shadow and understorey between crowns
-    (0.045, 0.085, 0.060, 0.360),  # grassland sward
+    (0.020, 0.032, 0.020, 0.170),  # forest: shadow and understorey between crowns
+    (0.045, 0.085, 0.060, 0.360),  # grassland: sward
     (0.090, 0.110, 0.140, 0.220),  # cropland: bare soil
     (0.040, 0.065, 0.050, 0.200),  # wetland: wet marsh
     (0.080, 0.100, 0.130, 0.220),  # scrub: dry soil and sparse grass
 ], dtype=np.float32)
 _FOREGROUND = np.array([
     (0.030, 0.060, 0.035, 0.380),  # forest: sunlit crowns
-    _SHRUB, _SHRUB[:2] + (0.05, 0.40),  # grassland: bushes
+    _SHRUB,  # grassland: scattered bushes
     (0.040, 0.085, 0.050, 0.420),  # cropland: green crop
-    _SHRUB, _SHRUB,
-], dtype=np.float32)[[0, 1, 3, 4, 5]]
+    _SHRUB,  # wetland: willow and reed clumps
+    _SHRUB,  # scrub: shrubs
+], dtype=np.float32)
 _WATER = np.array((0.060, 0.055, 0.035, 0.020), dtype=np.float32)
+POND_THRESHOLD = 1.8  # open water where the pond field exceeds this, in wetlands (~4 %)
 # Objects per m^2 at nutrient 0.5: tree crowns (forest) and bushes (others); crops have none.
-_CROWN_DENSITY = 0.012
+_CROWN_DENSITY = 0.008
 _BUSH_DENSITY = np.array((0.0, 0.002, 0.0, 0.004, 0.012), dtype=np.float32)
-_CROWN_SIGMA_M, _BUSH_SIGMA_M = 2.5, 1.5
-# The faint environmental trace: relative change per unit of (gradient - 0.5).
-MOISTURE_DARKENING, MOISTURE_RED, MOISTURE_NIR, NUTRIENT_NIR = 0.06, 0.08, 0.05, 0.04
+_CROWN_SIGMA_M, _BUSH_SIGMA_M = 3.0, 1.5
+NUTRIENT_DENSITY = 0.4  # crown and bush density: 1 -/+ this at nutrient 0 and 1
+# The faint environmental trace: relative change of reflectance per unit of (gradient - 0.5).
+MOISTURE_DARKENING, MOISTURE_RED, MOISTURE_NIR, NUTRIENT_NIR = 0.06, 0.12, 0.08, 0.04
 PIXEL_NOISE_REL, PIXEL_NOISE_ABS = 0.03, 0.002
 
 
@@ -359,15 +362,16 @@ def _smooth_normal(rng: np.random.Generator, shape: tuple[int, int], sigma_m: fl
 
 
 def _make_fields(rng: np.random.Generator, layout: _Layout) -> _Fields:
-    """Moisture and nutrient (correlation ~300 m), land-cover scores (~400 m), pond field for wetlands.
+    """Moisture and nutrient (correlation ~300 m), land-cover scores (~400 m), a pond field for wetlands.
 
     Land cover follows the gradients a little (wetlands where wet, cropland on rich soil, scrub where
     dry and poor), as it does in real landscapes, but mostly it is its own random pattern.
     """
     shape = layout.coarse_shape
     m_z, n_z = _smooth_normal(rng, shape, 150.0), _smooth_normal(rng, shape, 150.0)
-    lc_z = [_smooth_normal(rng, shape, 200.0) for _ in LANDCOVERS]
-    coupling = {"forest": 0.2, "grassland": 0.1, "cropland": 0.5 * n_z, "wetland": -0.5 + 0.9 * m_z,
+    # ~400 m patches with ragged (~80 m) edges
+    lc_z = [_smooth_normal(rng, shape, 200.0) + 0.3 * _smooth_normal(rng, shape, 40.0) for _ in LANDCOVERS]
+    coupling = {"forest": 0.2, "grassland": 0.1, "cropland": 0.5 * n_z, "wetland": -0.3 + 0.9 * m_z,
                 "scrub": -0.5 * m_z - 0.3 * n_z}
     coarse = {"moisture": special.ndtr(m_z), "nutrient": special.ndtr(n_z),
               "water": _smooth_normal(rng, shape, 30.0)}
@@ -383,8 +387,7 @@ def _render_ortho(rng: np.random.Generator, fields: _Fields) -> np.ndarray:
     lc = fields.landcover_raster()
     moist, nutr = fields.raster("moisture") - 0.5, fields.raster("nutrient") - 0.5
     fg = _foreground_fraction(rng, lay, lc, nutr)
-    water = (lc == LANDCOVERS.index("wetland")) & (fields.raster("water") > 1.3)
-    noise_rng = np.random.default_rng(rng.bit_generator.random_raw(2))
+    water = (lc == LANDCOVERS.index("wetland")) & (fields.raster("water") > POND_THRESHOLD)
     bands = []
     for b, name in enumerate(DEMO_BANDS):
         bg = _BACKGROUND[:, b][lc]
@@ -395,7 +398,7 @@ def _render_ortho(rng: np.random.Generator, fields: _Fields) -> np.ndarray:
             r *= 1 - MOISTURE_RED * moist
         if name == "nir":
             r *= (1 + MOISTURE_NIR * moist) * (1 + NUTRIENT_NIR * nutr)
-        r += (PIXEL_NOISE_REL * r + PIXEL_NOISE_ABS) * noise_rng.standard_normal(r.shape, dtype=np.float32)
+        r += (PIXEL_NOISE_REL * r + PIXEL_NOISE_ABS) * rng.standard_normal(r.shape, dtype=np.float32)
         bands.append(np.clip(np.rint(r * 10000), 50, 65535).astype(np.uint16))
     img = np.stack(bands)
     img[:, _nodata_mask(rng, lay)] = 0
@@ -409,10 +412,10 @@ def _foreground_fraction(rng: np.random.Generator, lay: _Layout, lc: np.ndarray,
     texture carries the nutrient gradient, faintly.
     """
     forest = lc == LANDCOVERS.index("forest")
-    richness = (0.4 + 2.4 * nutr) * lay.res ** 2  # nutr is centred: 0.4 .. 1.6 times the base density
+    per_pixel = (1.0 + 2 * NUTRIENT_DENSITY * nutr) * lay.res ** 2  # nutr is centred on 0
     u = rng.random(lc.shape, dtype=np.float32)
-    crowns = _blobs(u < np.where(forest, _CROWN_DENSITY * richness, 0), _CROWN_SIGMA_M / lay.res)
-    bushes = _blobs(u < _BUSH_DENSITY[lc] * richness, _BUSH_SIGMA_M / lay.res)
+    crowns = _blobs(u < np.where(forest, _CROWN_DENSITY * per_pixel, 0), _CROWN_SIGMA_M / lay.res)
+    bushes = _blobs(u < _BUSH_DENSITY[lc] * per_pixel, _BUSH_SIGMA_M / lay.res)
     fg = np.where(forest, crowns, bushes)
     crop = lc == LANDCOVERS.index("cropland")
     fg[crop] = _crop_greenness(rng, lay, crop, nutr)
@@ -428,14 +431,14 @@ def _blobs(seeds: np.ndarray, sigma_px: float) -> np.ndarray:
 def _crop_greenness(rng: np.random.Generator, lay: _Layout, crop: np.ndarray, nutr: np.ndarray) -> np.ndarray:
     """Green fraction of cropland pixels: rectangular parcels, each with its crop stage and row direction."""
     parcel, n_parcels = _parcels(rng, lay)
-    stage = rng.uniform(-0.25, 0.25, n_parcels)
+    stage = rng.uniform(-0.15, 0.15, n_parcels)
     angle = rng.choice([0.0, 0.5 * math.pi], n_parcels) + rng.normal(0, 0.05, n_parcels)
     period = max(4 * lay.res, 10.0)
     rows, cols = np.nonzero(crop)
     pid = parcel[rows, cols]
     x, y = (cols + 0.5) * lay.res, (rows + 0.5) * lay.res
     stripes = np.sin(2 * math.pi * (x * np.cos(angle[pid]) + y * np.sin(angle[pid])) / period)
-    green = 0.55 + 0.4 * nutr[rows, cols] + stage[pid] + 0.12 * stripes
+    green = 0.55 + 0.25 * nutr[rows, cols] + stage[pid] + 0.12 * stripes
     return np.clip(green, 0.0, 1.0).astype(np.float32)
 
 
@@ -486,16 +489,17 @@ def _place_plots(rng: np.random.Generator, lay: _Layout, n_plots: int) -> np.nda
     west of the raster and three inside the nodata strip, to exercise downstream skip counting."""
     lo = np.array([ORIGIN_X, ORIGIN_Y]) + MIN_SPACING_M
     hi = np.array([lay.east - lay.strip_m * (1 + STRIP_WAVE), ORIGIN_Y + lay.size_m]) - MIN_SPACING_M
-    centres = np.empty((0, 2))
-    for _ in range(200 * n_plots + 1000):
+    centres = np.empty((n_plots, 2))
+    placed, misses = 0, 0
+    while placed < n_plots:
         c = rng.uniform(lo, hi)
-        if len(centres) == 0 or np.min(np.hypot(*(centres - c).T)) >= MIN_SPACING_M:
-            centres = np.vstack([centres, c])
-            if len(centres) == n_plots:
-                break
-    else:
-        raise ValueError(f"cannot place {n_plots} plots {MIN_SPACING_M:g} m apart in {lay.size_m:g} m; "
-                         "ask for fewer plots or a larger world")
+        if placed and np.hypot(*(centres[:placed] - c).T).min() < MIN_SPACING_M:
+            misses += 1
+            if misses > 5000:  # the area is as good as full
+                raise ValueError(f"cannot place {n_plots} plots {MIN_SPACING_M:g} m apart in a {lay.size_m:g} m "
+                                 f"world (placed {placed}); ask for fewer plots or a larger world")
+            continue
+        centres[placed], placed, misses = c, placed + 1, 0
     ys = ORIGIN_Y + lay.size_m * np.array([0.3, 0.5, 0.7])
     outside = np.column_stack([np.full(N_EXTRA, ORIGIN_X - OUTSIDE_OFFSET_M), ys])
     # the strip is at least strip_m * (1 - STRIP_WAVE) wide: a window centred here is all nodata or outside
@@ -525,10 +529,11 @@ def _plot_environment(fields: _Fields, centres: np.ndarray, n_plots: int) -> pd.
 
 def _plots_frame(env: pd.DataFrame):
     import geopandas as gpd
-    from shapely.geometry import box
+    import shapely
 
     half = PLOT_SIDE_M / 2
-    geom = [box(x - half, y - half, x + half, y + half) for x, y in zip(env["x"], env["y"])]
+    x, y = env["x"].to_numpy(), env["y"].to_numpy()
+    geom = shapely.box(x - half, y - half, x + half, y + half)
     return gpd.GeoDataFrame({"plot_id": env["plot_id"], "landcover": env["landcover"]}, geometry=geom, crs=CRS)
 
 
@@ -546,7 +551,7 @@ def _write_gpkg(gdf, path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------- relevés
 BRAUN_BLANQUET = (("r", 0.5), ("+", 1.0), ("1", 5.0), ("2", 25.0), ("3", 50.0), ("4", 75.0), ("5", math.inf))
-DETECTION_LIMIT = 0.1  # % cover below which a species is not noted
+DETECTION_LIMIT = 0.3  # % cover below which a species is not noted
 
 
 def _expected_cover(env: pd.DataFrame) -> np.ndarray:

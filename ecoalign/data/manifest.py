@@ -129,6 +129,9 @@ def load_manifest(name_or_path: str | os.PathLike, *, verify: bool = True) -> Ma
     files = _require(img, "files", source, "imagery.files", "a list of GeoTIFF paths")
     if isinstance(files, (str, dict)):
         files = [files]
+    if not isinstance(files, list) or not files:
+        raise EcoalignInputError("no imagery file listed", path=source, where="imagery.files",
+                                 expected="a list of one or more GeoTIFF paths")
     imagery = tuple(_file_ref(e, root, source, f"imagery.files[{i}]", sums) for i, e in enumerate(files))
     wl = _require(img, "wavelengths_um", source, "imagery.wavelengths_um", "a list of band centre wavelengths in µm")
     try:

@@ -27,6 +27,8 @@ def read_plots(path: str | Path, *, id_column: str = "plot_id", layer: str | Non
         if crs is None:
             raise EcoalignInputError("a CSV of plots needs its CRS", path=path,
                                      expected="'crs:' in the manifest's plots entry (e.g. EPSG:32631)")
+        if id_column in df.columns:
+            _check_unique(df[id_column].astype(str).str.strip(), path)  # before blank rows are dropped
         blank = np.zeros(len(df), dtype=bool)
         for c in (x_column, y_column):
             if c not in df.columns:
@@ -55,10 +57,7 @@ def read_plots(path: str | Path, *, id_column: str = "plot_id", layer: str | Non
         raise EcoalignInputError(f"column '{id_column}' (plot id) not found", path=path,
                                  expected=f"one of {[c for c in gdf.columns if c != 'geometry']}")
     ids = gdf[id_column].astype(str).str.strip()
-    dup = ids.duplicated()
-    if dup.any():
-        raise EcoalignInputError(f"plot id '{ids[dup].iloc[0]}' appears more than once", path=path,
-                                 where=f"row {int(np.flatnonzero(dup.to_numpy())[0]) + 2}", expected="unique plot ids")
+    _check_unique(ids, path)
     empty = gdf.geometry.is_empty | gdf.geometry.isna()
     if empty.any():
         raise EcoalignInputError(f"plot '{ids[empty].iloc[0]}' has no geometry", path=path)
@@ -66,6 +65,13 @@ def read_plots(path: str | Path, *, id_column: str = "plot_id", layer: str | Non
     gdf = gdf.assign(plot_id=ids.to_numpy()).set_index("plot_id", drop=False)
     gdf.attrs = {"without_coordinates": [], **attrs}
     return gdf
+
+
+def _check_unique(ids: pd.Series, path: Path) -> None:
+    dup = ids.duplicated()
+    if dup.any():
+        raise EcoalignInputError(f"plot id '{ids[dup].iloc[0]}' appears more than once", path=path,
+                                 where=f"row {int(np.flatnonzero(dup.to_numpy())[0]) + 2}", expected="unique plot ids")
 
 
 def _guess(df: pd.DataFrame, names: tuple[str, ...], path: Path, role: str) -> str:
