@@ -7,13 +7,15 @@ import torch.nn.functional as F
 
 
 def retrieval_recall(img: torch.Tensor, rel: torch.Tensor, ks=(1, 10)) -> dict[str, float]:
-    """Recall@k both ways: is a plot's own relevé among the k most similar relevés, and vice versa."""
+    """Recall@k and mean reciprocal rank both ways: is a plot's own relevé among its k most similar relevés, and vice versa."""
     sims = F.normalize(img.float(), dim=-1) @ F.normalize(rel.float(), dim=-1).T
     n = sims.shape[0]
     true = sims.diagonal()
     rank_i2r = (sims > true[:, None]).sum(dim=1)  # relevés that beat the true one, per image
     rank_r2i = (sims > true[None, :]).sum(dim=0)
-    out = {"n": int(n)}
+    out = {"n": int(n),
+           "image_to_releve_MRR": float((1.0 / (rank_i2r.float() + 1)).mean()),
+           "releve_to_image_MRR": float((1.0 / (rank_r2i.float() + 1)).mean())}
     for k in ks:
         out[f"image_to_releve_R@{k}"] = float((rank_i2r < k).float().mean())
         out[f"releve_to_image_R@{k}"] = float((rank_r2i < k).float().mean())
