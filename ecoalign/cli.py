@@ -49,6 +49,52 @@ def _adapt(args) -> int:
     return 0
 
 
+def _embed_parser(sub) -> None:
+    p = sub.add_parser("embed", help="embed the image window around each point -> GeoParquet (one row per point)")
+    p.add_argument("--encoder", default="dofa", help="'dofa' (frozen) or an `ecoalign adapt` run directory")
+    p.add_argument("--weights", default="none", help="frozen DOFA weights: enum name, checkpoint path, or none")
+    p.add_argument("--size", default="base", help="frozen DOFA size")
+    p.add_argument("--manifest", help="take points (plots) and rasters (imagery) from a data-set manifest")
+    p.add_argument("--points", help="points/plots file: GeoPackage, GeoParquet, or CSV (with --crs)")
+    p.add_argument("--raster", action="append", default=[], help="GeoTIFF (repeat for several)")
+    p.add_argument("--wavelengths", help="band wavelengths in µm, comma-separated (frozen DOFA without --manifest)")
+    p.add_argument("--id-column", default="plot_id")
+    p.add_argument("--crs", help="CRS of a CSV points file, e.g. EPSG:32631")
+    p.add_argument("--patch-size-m", type=float, help="window ground size (default: the encoder's, else 100 m)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", required=True, help="output GeoParquet")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _embed(args) -> int:
+    from .data.plots import read_plots
+    from .embedding import write_embeddings
+    from .encoders.registry import load_encoder
+
+    wavelengths = [float(w) for w in args.wavelengths.split(",")] if args.wavelengths else None
+    rasters, points = list(args.raster), None
+    if args.manifest:
+        from .data.manifest import load_manifest
+        from .data.plots import read_manifest_plots
+
+        m = load_manifest(args.manifest)
+        rasters = rasters or [f.path for f in m.imagery]
+        wavelengths = wavelengths or list(m.wavelengths_um)
+        points = read_manifest_plots(m)
+        args.id_column = "plot_id"
+    if args.points:
+        points = read_plots(args.points, id_column=args.id_column, crs=args.crs)
+    if points is None:
+        raise EcoalignInputError("no points given", expected="--points FILE or --manifest M")
+    encoder = load_encoder(args.encoder, size=args.size, weights=args.weights, wavelengths_um=wavelengths)
+    meta = write_embeddings(points, rasters, encoder, args.out, overwrite=args.overwrite, id_column=args.id_column,
+                            patch_size_m=args.patch_size_m, batch_size=args.batch_size)
+    skipped = {k: len(v) for k, v in meta["skipped"].items()}
+    print(f"[ecoalign] wrote {meta['embedded']} of {meta['points']} points to {args.out}; skipped {skipped or 'none'}"
+          + ("; encoder on RANDOM weights" if meta["random_weights"] else ""))
+    return 0
+
+
 def _manifest_hash(args) -> int:
     from .io import sha256_file
 
@@ -61,12 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecoalign", description="Botany-aware foundation models for ecology.")
     sub = parser.add_subparsers(dest="verb", required=True)
     _adapt_parser(sub)
+    _embed_parser(sub)
     h = sub.add_parser("manifest-hash", help="print sha256 lines for files, to paste into a manifest")
     h.add_argument("files", nargs="+")
     return parser
 
 
-VERBS = {"adapt": _adapt, "manifest-hash": _manifest_hash}
+VERBS = {"adapt": _adapt, "embed": _embed, "manifest-hash": _manifest_hash}
 
 
 def main(argv: list[str] | None = None) -> int:

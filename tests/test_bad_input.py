@@ -118,7 +118,7 @@ def test_raster_band_count_not_matching_wavelengths(tmp_path):
         open_rasters([path], [0.49, 0.56, 0.665, 0.842])
     msg = _error(err)
     assert "rgb.tif" in msg
-    assert "the raster has 3 bands but the manifest gives 4 wavelengths [0.49, 0.56, 0.665, 0.842]" in msg
+    assert "the raster has 3 bands but 4 wavelengths are given [0.49, 0.56, 0.665, 0.842]" in msg
     assert "one wavelength (µm) per band" in msg
 
 

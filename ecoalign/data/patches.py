@@ -46,7 +46,7 @@ def open_rasters(paths: Sequence[Path], wavelengths_um: Sequence[float], nodata:
                                              expected="a georeferenced GeoTIFF in a projected CRS (assign one with gdal_edit.py -a_srs)")
                 if src.count != len(wavelengths_um):
                     raise EcoalignInputError(
-                        f"the raster has {src.count} bands but the manifest gives {len(wavelengths_um)} wavelengths "
+                        f"the raster has {src.count} bands but {len(wavelengths_um)} wavelengths are given "
                         f"{list(wavelengths_um)}", path=p, expected="one wavelength (µm) per band, in band order")
                 if src.crs.is_geographic:
                     raise EcoalignInputError("the raster is in a geographic CRS (degrees)", path=p,

@@ -29,7 +29,7 @@ class DOFAEncoder:
         self.adapter = adapter
         self.patch_size_m = patch_size_m
         self.metadata = metadata or {}
-        self._features = DOFAFeatures(model, self.wavelengths_um)
+        self.features = DOFAFeatures(model, self.wavelengths_um)
 
     @property
     def embed_dim(self) -> int:
@@ -66,11 +66,29 @@ class DOFAEncoder:
         out = []
         with torch.inference_mode():
             for s in range(0, len(x), batch_size):
-                f = self._features(x[s:s + batch_size])
+                f = self.features(x[s:s + batch_size])
                 if self.adapter is not None:
                     f = self.adapter(f)
                 out.append(f.float().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+
+    def head(self, frozen):
+        """The trained part on top of cached frozen features (identity for frozen DOFA)."""
+        import torch
+
+        if self.adapter is None:
+            return frozen
+        with torch.inference_mode():
+            return self.adapter(torch.as_tensor(np.array(frozen, dtype=np.float32))).numpy()
+
+    def identity(self) -> dict:
+        """What produced an embedding: written into output metadata and used in cache keys."""
+        out = {"kind": "adapted_dofa" if self.adapter is not None else "dofa", "backbone": self.info.as_dict(),
+               "wavelengths_um": self.wavelengths_um, "embed_dim": self.embed_dim}
+        if self.adapter is not None:
+            out["adapter_sha256"] = self.metadata.get("adapter_sha256")
+            out["run_dir"] = self.metadata.get("run_dir")
+        return out
 
     def __repr__(self) -> str:
         kind = "adapted" if self.adapter is not None else "frozen"
@@ -98,6 +116,9 @@ def _load_adapted(run_dir: Path) -> DOFAEncoder:
     adapter = ImageAdapter(bb["embed_dim"], int(meta["adapter"]["mlp_hidden"]))
     adapter.load_state_dict(torch.load(run_dir / "encoder" / "adapter.pt", map_location="cpu", weights_only=True))
     adapter.eval().requires_grad_(False)
+    from ..io import sha256_file
+
+    meta = {**meta, "run_dir": str(run_dir.resolve()), "adapter_sha256": sha256_file(run_dir / "encoder" / "adapter.pt")}
     return DOFAEncoder(model, info, meta["wavelengths_um"], meta["band_mean"], meta["band_std"], adapter,
                        meta.get("patch_size_m"), meta)
 

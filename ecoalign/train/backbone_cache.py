@@ -37,9 +37,19 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr)
+def _write_chunks_to_npy(folder: Path, chunks, final: Path, shape: tuple[int, int, int]) -> None:
+    """Stream chunk files into one .npy on disk: memory stays at one chunk however many plots there are."""
+    with atomic_path(final) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        row = 0
+        for s, _ in chunks:
+            with np.load(folder / f"chunk_{s:07d}.npz") as z:
+                n = len(z["kept"])
+                if n:
+                    out[row:row + n] = z["emb"]
+                row += n
+        out.flush()
+        del out
 
 
 def build_backbone_cache(*, reader, features, plot_ids: Sequence[str], centres: np.ndarray, views: Sequence[str],
@@ -84,16 +94,14 @@ def build_backbone_cache(*, reader, features, plot_ids: Sequence[str], centres: 
     elapsed = time.perf_counter() - started
     rate = embedded / elapsed if embedded and elapsed > 0 else None
 
-    kept_rows, embs, skipped_out = [], [], {}
-    for s, _ in chunks:
+    kept_rows, skipped_out, dim = [], {}, 0
+    for s, _ in chunks:  # first pass: which rows were kept (small), so the final array can be preallocated
         with np.load(folder / f"chunk_{s:07d}.npz") as z:
             kept_rows.extend(z["kept"].tolist())
-            if len(z["kept"]):
-                embs.append(z["emb"])
+            dim = z["emb"].shape[-1] if len(z["kept"]) else dim
             for row, reason in zip(z["skip_rows"].tolist(), z["skip_reasons"].tolist()):
                 skipped_out.setdefault(reason, []).append(str(plot_ids[row]))
-    embeddings = np.concatenate(embs, axis=0) if embs else np.zeros((0, len(views), 0), np.float32)
-    _save_npy(final, embeddings.astype(np.float32))
+    _write_chunks_to_npy(folder, chunks, final, (len(kept_rows), len(views), dim))
     index = {"plot_ids": [str(plot_ids[r]) for r in kept_rows], "centres": centres[kept_rows].tolist(),
              "views": list(views), "skipped": skipped_out, "plots_per_second": rate}
     write_json(index_file, index)

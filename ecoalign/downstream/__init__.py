@@ -1,0 +1,1 @@
+"""Downstream ecology: species models fitted on embeddings or covariates, and presence-only helpers."""
