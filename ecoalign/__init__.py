@@ -6,7 +6,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["adapt", "load_encoder", "load_manifest", "EcoalignInputError"]
+__all__ = ["adapt", "embed_points", "load_encoder", "load_manifest", "EcoalignInputError"]
 
 from .errors import EcoalignInputError
 
@@ -29,3 +29,10 @@ def load_manifest(name_or_path, **kwargs):
     from .data.manifest import load_manifest as _load
 
     return _load(name_or_path, **kwargs)
+
+
+def embed_points(points, rasters, encoder, **kwargs):
+    """Python face of ``ecoalign embed``: a GeoDataFrame with one embedding row per usable point."""
+    from .embedding import embed_points as _embed
+
+    return _embed(points, rasters, encoder, **kwargs)

@@ -155,8 +155,9 @@ def adapt(cfg, *, out: str | None = None, resume: str | bool | None = None) -> P
         results.append(train_alignment(name, data, folder=run_dir / "variants" / name, model_kwargs=model_kwargs,
                                        anchor_weight=weight, train_adapter=train_adapter, seed=seed,
                                        progress=tr_cfg.get("progress", True), log=_log, **train_kwargs))
-    main = results[0]
-    _save_encoder(run_dir, main["model"], info, bb_cfg, manifest, mean, std, data_cfg, species, model_kwargs)
+    for i, r in enumerate(results):  # the main model at the top; every variant loadable for `ecoalign compare`
+        for folder in ([run_dir] if i == 0 else []) + [run_dir / "variants" / r["variant"]]:
+            _save_encoder(folder, r["model"], info, bb_cfg, manifest, mean, std, data_cfg, species, model_kwargs)
 
     report["backbone"] = info.as_dict()
     report["variants"] = [{k: v for k, v in r.items() if k != "model"} for r in results]

@@ -1,0 +1,194 @@
+"""Sites for a downstream model: where they are, their features (embeddings, covariates, raster values), their targets.
+
+Every site that cannot be used (no target row, outside every environmental raster, no features) is dropped
+and counted with a reason, never silently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import EcoalignInputError
+from .spec import ModelSpec
+
+
+@dataclass
+class SiteTable:
+    ids: np.ndarray
+    xy: np.ndarray  # (n, 2) metres in a projected CRS
+    crs: Any
+    X: pd.DataFrame  # features
+    Y: pd.DataFrame  # targets; NaN = site not used for that species (presence-only exclusion buffer)
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    feature_source: dict[str, Any] = field(default_factory=dict)
+
+
+def _projected(gdf):
+    if gdf.crs is None:
+        raise EcoalignInputError("the sites have no CRS", expected="a CRS on the points/embedding table")
+    if gdf.crs.is_geographic:
+        gdf = gdf.to_crs(gdf.estimate_utm_crs())  # block sizes and buffers are in metres
+    return gdf
+
+
+def sample_rasters(gdf, rasters: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Values of each environmental raster (band 1, or `band:`) at the sites; NaN outside or on nodata."""
+    import rasterio
+
+    cols, valid = {}, np.ones(len(gdf), dtype=bool)
+    for r in rasters:
+        path = Path(r["path"])
+        if not path.exists():
+            raise EcoalignInputError("environmental raster not found", path=path)
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise EcoalignInputError("the environmental raster has no CRS", path=path)
+            pts = gdf.to_crs(src.crs)
+            coords = list(zip(pts.geometry.x, pts.geometry.y))
+            band = int(r.get("band", 1))
+            vals = np.array([v[0] for v in src.sample(coords, indexes=band, masked=True)], dtype=object)
+            arr = np.array([np.nan if np.ma.is_masked(v) else float(v) for v in vals], dtype=np.float64)
+            left, bottom, right, top = src.bounds
+            xs, ys = np.array(coords).T if coords else (np.array([]), np.array([]))
+            arr[(xs < left) | (xs > right) | (ys < bottom) | (ys > top)] = np.nan
+        name = r.get("name", path.stem)
+        cols[name] = arr
+        valid &= ~np.isnan(arr)
+    return pd.DataFrame(cols, index=gdf.index), valid
+
+
+def _target_table(spec: ModelSpec, manifest, sites) -> pd.DataFrame:
+    """Targets aligned on site ids (presence/absence or abundance), or built from records (presence-only)."""
+    t = spec.target
+    source = t["source"]
+    if source == "releves":
+        from ..data.releves import read_manifest_releves
+
+        if manifest is None:
+            raise EcoalignInputError("target.source 'releves' needs a manifest", expected="--manifest")
+        rel = read_manifest_releves(manifest)
+        table = pd.DataFrame(rel.cover, index=pd.Index(rel.plot_ids.astype(str)), columns=rel.species)
+        return (table > 0).astype(float) if spec.task == "presence_absence" else table
+    path = _table_path(source, manifest)
+    df = pd.read_csv(path, sep=t.get("sep", ","))
+    if spec.task == "presence_only":
+        return _records_to_targets(df, t, sites, path)
+    id_col = t.get("id_column", "plot_id")
+    if id_col not in df.columns:
+        raise EcoalignInputError(f"column '{id_col}' not found", path=path, expected=f"one of {list(df.columns)}")
+    cols = t.get("columns") or [c for c in df.columns if c != id_col]
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise EcoalignInputError(f"target columns {missing} not found", path=path, expected=f"columns of {list(df.columns)}")
+    table = df.set_index(df[id_col].astype(str))[cols].apply(pd.to_numeric, errors="coerce")
+    if spec.task == "presence_absence":
+        table = (table > 0).astype(float)
+    return table
+
+
+def _table_path(source: str, manifest) -> Path:
+    if source.startswith("extras."):
+        if manifest is None or source[7:] not in manifest.extras:
+            known = sorted(manifest.extras) if manifest is not None else []
+            raise EcoalignInputError(f"target.source '{source}' is not in the manifest's extras",
+                                     expected=f"one of {['extras.' + k for k in known]}")
+        return manifest.extras[source[7:]].path
+    path = Path(source)
+    if not path.exists():
+        raise EcoalignInputError("target table not found", path=path)
+    return path
+
+
+def _records_to_targets(records: pd.DataFrame, t: dict, sites, path: Path) -> pd.DataFrame:
+    """Presence at sites within `record_radius_m` of a record; pseudo-absence beyond `exclusion_buffer_m`; NaN between."""
+    from scipy.spatial import cKDTree
+
+    sp, xc, yc = t.get("species_column", "species"), t.get("x_column", "x"), t.get("y_column", "y")
+    for c in (sp, xc, yc):
+        if c not in records.columns:
+            raise EcoalignInputError(f"column '{c}' not found in the records", path=path,
+                                     expected=f"one of {list(records.columns)}")
+    radius, buffer = float(t.get("record_radius_m", 50.0)), float(t.get("exclusion_buffer_m", 250.0))
+    if buffer < radius:
+        raise EcoalignInputError(f"exclusion_buffer_m {buffer} < record_radius_m {radius}",
+                                 expected="an exclusion buffer at least as large as the record radius")
+    tree = cKDTree(np.column_stack([sites.geometry.x, sites.geometry.y]))
+    out = {}
+    for name, group in records.groupby(sp):
+        rec = group[[xc, yc]].to_numpy(dtype=float)
+        dist, _ = cKDTree(rec).query(tree.data, k=1)
+        col = np.where(dist <= radius, 1.0, np.where(dist > buffer, 0.0, np.nan))
+        out[str(name)] = col
+    return pd.DataFrame(out, index=sites.index)
+
+
+def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd.DataFrame | None = None,
+                manifest=None, id_column: str = "plot_id") -> SiteTable:
+    """Join sites, features and targets for a spec; `embeddings` is an `ecoalign embed` table (path or frame)."""
+    from ..embedding import embedding_columns, read_embeddings
+
+    dropped: dict[str, list[str]] = {}
+    feature_source: dict[str, Any] = {}
+    if embeddings is not None:
+        gdf = read_embeddings(embeddings) if isinstance(embeddings, (str, Path)) else embeddings
+        feature_source = dict(gdf.attrs.get("ecoalign", {}))
+        id_col = id_column if id_column in gdf.columns else gdf.columns[0]
+    elif points is not None:
+        gdf, id_col = points, id_column
+    else:
+        raise EcoalignInputError("no sites given", expected="an embedding table (ecoalign embed) or a points table")
+    if id_col not in gdf.columns:
+        raise EcoalignInputError(f"site id column '{id_col}' not found", expected=f"one of {list(gdf.columns)[:10]}")
+    gdf = gdf.set_index(gdf[id_col].astype(str))
+    if gdf.index.duplicated().any():
+        raise EcoalignInputError(f"site '{gdf.index[gdf.index.duplicated()][0]}' appears more than once",
+                                 expected="one row per site (aggregate duplicated sites first)")
+    gdf = _projected(gdf)
+
+    feats = []
+    if spec.features["embeddings"]:
+        cols = embedding_columns(gdf)
+        if not cols:
+            raise EcoalignInputError("the spec uses embeddings but the site table has no emb_* columns",
+                                     expected="a table written by `ecoalign embed`, or features.embeddings: false")
+        feats.append(gdf[cols])
+    if spec.features["covariates"]:
+        table = gdf if covariates is None else covariates.set_index(covariates[id_col].astype(str))
+        missing = [c for c in spec.features["covariates"] if c not in table.columns]
+        if missing:
+            raise EcoalignInputError(f"covariate columns {missing} not found",
+                                     expected=f"columns of the covariate table: {list(table.columns)[:15]}")
+        cov = table.reindex(gdf.index)[spec.features["covariates"]]
+        cov = pd.get_dummies(cov, dtype=float)  # categorical covariates as indicators
+        no_row = cov.isna().all(axis=1)
+        dropped.update({"no_covariates": list(gdf.index[no_row])} if no_row.any() else {})
+        feats.append(cov)
+    if spec.features["rasters"]:
+        vals, valid = sample_rasters(gdf, spec.features["rasters"])
+        if not valid.any():
+            raise EcoalignInputError("every site is outside the environmental rasters or on nodata",
+                                     expected="rasters covering the sites (any CRS: sites are reprojected)")
+        if (~valid).any():
+            dropped["outside_env_rasters"] = list(gdf.index[~valid])
+        feats.append(vals)
+    X = pd.concat(feats, axis=1)
+    X.columns = [str(c) for c in X.columns]
+
+    targets = _target_table(spec, manifest, gdf)
+    no_target = ~gdf.index.isin(targets.index)
+    if no_target.all():
+        raise EcoalignInputError(f"no site id matches the target table (sites: {list(gdf.index[:3])}, "
+                                 f"targets: {list(targets.index[:3])})", expected="the same ids in both tables")
+    if no_target.any():
+        dropped["no_target"] = list(gdf.index[no_target])
+    keep = ~no_target & ~X.isna().any(axis=1).to_numpy()
+    for reason, ids in list(dropped.items()):
+        dropped[reason] = [i for i in ids if i in set(gdf.index)]
+    Y = targets.reindex(gdf.index[keep]).astype(float)
+    sites = gdf.loc[keep]
+    return SiteTable(ids=np.asarray(sites.index), xy=np.column_stack([sites.geometry.x, sites.geometry.y]),
+                     crs=sites.crs, X=X.loc[keep], Y=Y, dropped=dropped, feature_source=feature_source)
