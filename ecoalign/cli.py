@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import EcoalignInputError
 
@@ -95,6 +96,153 @@ def _embed(args) -> int:
     return 0
 
 
+def _sites_args(p) -> None:
+    p.add_argument("--manifest", help="data-set manifest (targets from its relevés or extras)")
+    p.add_argument("--embeddings", help="embedding table from `ecoalign embed` (sites + features)")
+    p.add_argument("--points", help="sites table without imagery: GeoPackage/GeoParquet, or CSV with x/y (+ --crs)")
+    p.add_argument("--covariates", help="table of covariate columns joined on the site id")
+    p.add_argument("--id-column", default="plot_id")
+    p.add_argument("--crs", help="CRS of a CSV sites table")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-jobs", type=int, default=-1, help="parallel species fits (default: all cores)")
+
+
+def _load_sites(args, spec, embeddings=None):
+    import pandas as pd
+
+    from .data.plots import read_plots
+    from .downstream.sites import build_sites
+
+    manifest = None
+    if args.manifest:
+        from .data.manifest import load_manifest
+
+        manifest = load_manifest(args.manifest)
+    points = read_plots(args.points, id_column=args.id_column, crs=args.crs) if args.points else None
+    covariates = pd.read_csv(args.covariates) if args.covariates else None
+    sites = build_sites(spec, embeddings=embeddings if embeddings is not None else args.embeddings, points=points,
+                        covariates=covariates, manifest=manifest, id_column=args.id_column)
+    dropped = {k: len(v) for k, v in sites.dropped.items()}
+    print(f"[ecoalign] {len(sites.ids)} sites, {sites.X.shape[1]} features, {sites.Y.shape[1]} targets; "
+          f"dropped {dropped or 'none'}", flush=True)
+    return sites
+
+
+def _fit_parser(sub) -> None:
+    p = sub.add_parser("fit", help="cross-validate and fit a species model from a spec -> model bundle")
+    p.add_argument("spec", help="a species_models/ name (plant_presence) or a spec YAML path")
+    _sites_args(p)
+    p.add_argument("--out", required=True, help="bundle directory")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _fit(args) -> int:
+    from .downstream.fitting import fit_bundle
+    from .downstream.spec import load_spec
+
+    spec = load_spec(args.spec)
+    sites = _load_sites(args, spec)
+    out = fit_bundle(spec, sites, args.out, seed=args.seed, n_jobs=args.n_jobs, overwrite=args.overwrite)
+    print(_summary_text(out))
+    return 0
+
+
+def _summary_text(bundle) -> str:
+    import json
+
+    meta = json.loads((bundle / "bundle.json").read_text())
+    lines = [f"[ecoalign] bundle {bundle}: {len(meta['species'])} targets modelled, "
+             f"{len(meta['skipped_species'])} skipped; {meta['cv']['scheme']} CV"]
+    for k, (v, lo, hi) in meta["summary"].items():
+        lines.append(f"  {k:<22} {v:.3f}  [{lo:.3f}, {hi:.3f}]")
+    return "\n".join(lines)
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a model bundle on an independent test table")
+    p.add_argument("bundle")
+    _sites_args(p)
+    p.add_argument("--targets", help="wide test table: id column + one 0/1 (or abundance) column per species "
+                                     "(default: the --points file itself)")
+    p.add_argument("--out", help="CSV of the metrics")
+
+
+def _evaluate(args) -> int:
+    import pandas as pd
+
+    from .downstream.fitting import evaluate_bundle, load_bundle
+    from .io import atomic_path
+
+    _, meta = load_bundle(args.bundle)
+    targets = args.targets or args.points
+    if not targets:
+        raise EcoalignInputError("no test targets", expected="--targets TABLE (or a --points table with species columns)")
+    table = pd.read_csv(targets)
+    known = [c for c in table.columns if c in meta["species"]]
+    # other target-like columns (0/1 for presence models) are species the model does not know: report them
+    others = table.drop(columns=[c for c in table.columns if c in meta["species"] or c in meta["features"]])
+    numeric = others.select_dtypes("number")
+    unknown = [c for c in numeric.columns if meta["task"] == "abundance" or numeric[c].dropna().isin([0, 1]).all()]
+    unknown = [c for c in unknown if c != args.id_column and c not in meta["skipped_species"]]
+    spec = _spec_from_meta(meta, targets, args.id_column, known)
+    if unknown:
+        print(f"[ecoalign] {len(unknown)} test column(s) look like species the model does not know; not evaluated: "
+              f"{unknown[:8]}")
+    sites = _load_sites(args, spec)
+    table = evaluate_bundle(args.bundle, sites, seed=args.seed)
+    summary = table[table["species"].isin(["micro", "macro"])]
+    print(summary.to_string(index=False))
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, index=False)
+    return 0
+
+
+def _spec_from_meta(meta, targets, id_column, known):
+    import tempfile
+
+    import yaml
+
+    from .downstream.spec import load_spec
+
+    raw = dict(meta["spec"])
+    task = "abundance" if raw["task"] == "abundance" else "presence_absence"
+    raw.update(task=task, target={"source": str(targets), "id_column": id_column, "columns": known})
+    if task == "presence_absence":
+        raw["metrics"] = [m for m in raw["metrics"] if m != "boyce"] or ["auc"]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(raw, f)
+    try:
+        return load_spec(f.name)
+    finally:
+        Path(f.name).unlink()
+
+
+def _compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="several encoders, same sites and folds -> Markdown + CSV table and PNG chart")
+    p.add_argument("spec")
+    _sites_args(p)
+    p.add_argument("--encoder", action="append", required=True, metavar="NAME=EMBEDDINGS.parquet",
+                   help="an encoder's embedding table (repeat: frozen=a.parquet adapted=b.parquet ...)")
+    p.add_argument("--out", required=True, help="output directory")
+
+
+def _compare(args) -> int:
+    from .downstream.compare import compare_encoders
+    from .downstream.spec import load_spec
+
+    spec = load_spec(args.spec)
+    sites = {}
+    for item in args.encoder:
+        if "=" not in item:
+            raise EcoalignInputError(f"--encoder {item!r}", expected="NAME=path/to/embeddings.parquet")
+        name, path = item.split("=", 1)
+        sites[name] = _load_sites(args, spec, embeddings=path)
+    compare_encoders(spec, sites, args.out, seed=args.seed, n_jobs=args.n_jobs)
+    print((Path(args.out) / "comparison.md").read_text())
+    return 0
+
+
 def _manifest_hash(args) -> int:
     from .io import sha256_file
 
@@ -108,12 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
     _adapt_parser(sub)
     _embed_parser(sub)
+    _fit_parser(sub)
+    _evaluate_parser(sub)
+    _compare_parser(sub)
     h = sub.add_parser("manifest-hash", help="print sha256 lines for files, to paste into a manifest")
     h.add_argument("files", nargs="+")
     return parser
 
 
-VERBS = {"adapt": _adapt, "embed": _embed, "manifest-hash": _manifest_hash}
+VERBS = {"adapt": _adapt, "embed": _embed, "fit": _fit, "evaluate": _evaluate, "compare": _compare,
+         "manifest-hash": _manifest_hash}
 
 
 def main(argv: list[str] | None = None) -> int:

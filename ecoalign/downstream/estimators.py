@@ -304,18 +304,8 @@ class MultiSpeciesModel(BaseEstimator):
 
         if self.task == "presence":
             Ya = np.where(used, Ya > 0, np.nan)
-        skipped: dict[str, str] = {}
-        todo: list[int] = []
-        for j, name in enumerate(species_names):
-            n_pres = int((Ya[used[:, j], j] > 0).sum())
-            n_abs = int(used[:, j].sum()) - n_pres
-            if n_pres < self.min_presences:
-                noun = "presences" if self.task == "presence" else "non-zero values"
-                skipped[name] = f"{n_pres} {noun} < min {self.min_presences}"
-            elif self.task == "presence" and n_abs < self.min_presences:
-                skipped[name] = f"{n_abs} absences < min {self.min_presences}"
-            else:
-                todo.append(j)
+        skipped = self._skip_reasons(Ya, used, species_names)
+        todo = [j for j, name in enumerate(species_names) if name not in skipped]
         self.species_in_ = list(species_names)
         self.skipped_species_ = skipped
         if not todo:
@@ -345,6 +335,25 @@ class MultiSpeciesModel(BaseEstimator):
         self._y_1d = one_d
         self.thresholds_ = None
         return self
+
+    def _skip_reasons(self, Ya: np.ndarray, used: np.ndarray, names: Sequence[str]) -> dict[str, str]:
+        skipped: dict[str, str] = {}
+        for j, name in enumerate(names):
+            n_pres = int((Ya[used[:, j], j] > 0).sum())
+            n_abs = int(used[:, j].sum()) - n_pres
+            if n_pres < self.min_presences:
+                noun = "presences" if self.task == "presence" else "non-zero values"
+                skipped[name] = f"{n_pres} {noun} < min {self.min_presences}"
+            elif self.task == "presence" and n_abs < self.min_presences:
+                skipped[name] = f"{n_abs} absences < min {self.min_presences}"
+        return skipped
+
+    def fittable_species(self, Y) -> tuple[list[str], dict[str, str]]:
+        """Which species ``fit`` would model, and why the others are left out, without fitting anything."""
+        Ya, names, _ = _as_targets(Y, len(Y), None, allow_nan=self.missing_targets == "ignore")
+        used = np.isfinite(Ya)
+        skipped = self._skip_reasons(Ya, used, names)
+        return [n for n in names if n not in skipped], skipped
 
     # -------------------------------------------------------------- predict
     def _features(self, X) -> np.ndarray:

@@ -346,13 +346,13 @@ def evaluate_presence(y_true, scores, thresholds, species_names: Sequence[str] |
     if n == 0 or k == 0:
         raise EcoalignInputError(f"no data to evaluate (shape {Y.shape})", expected="at least one site and species")
     names = _names(species_names, (ycols, pcols), k, "species")
-    bad = ~np.isin(Y, (0.0, 1.0))
+    bad = ~np.isin(Y, (0.0, 1.0)) & ~np.isnan(Y)  # NaN: site not evaluated for that species (presence-only)
     if bad.any():
         j = int(np.flatnonzero(bad.any(axis=0))[0])
         i = int(np.flatnonzero(bad[:, j])[0])
         raise EcoalignInputError(f"y_true for {names[j]!r} has value {Y[i, j]!r} at row {i}",
-                                 expected="0/1 presence labels with no NaN")
-    _no_nan(P, "scores", names)
+                                 expected="0/1 presence labels (NaN = not evaluated)")
+    _no_nan(np.where(np.isnan(Y), 0.0, P), "scores", names)
     thr = np.asarray(thresholds, dtype=np.float64)
     thr = np.full(k, float(thr)) if thr.ndim == 0 else thr.ravel()
     if thr.size != k:
@@ -369,29 +369,33 @@ def evaluate_presence(y_true, scores, thresholds, species_names: Sequence[str] |
 
     def table(Yb: np.ndarray, Pb: np.ndarray, Bb: np.ndarray | None) -> np.ndarray:
         yb = Yb == 1.0
+        ok = ~np.isnan(Yb)
         out = np.full((k + 2, len(metrics)), _NAN)
         pred = Pb >= np.where(has_thr, thr, np.inf)
         for j in range(k):
-            out[j, 0] = _auc(yb[:, j], Pb[:, j])
+            m = ok[:, j]
+            out[j, 0] = _auc(yb[m, j], Pb[m, j])
             if has_thr[j]:
-                c = _confusion(yb[:, j], pred[:, j])
+                c = _confusion(yb[m, j], pred[m, j])
                 out[j, 1:5] = (c["tss"], c["f1"], c["sensitivity"], c["specificity"])
             if boyce:
-                out[j, 5] = _boyce(Pb[yb[:, j], j], Pb[:, j] if Bb is None else Bb[:, j], 101, None)
-        out[k, 0] = _auc(yb.ravel(), Pb.ravel())
+                out[j, 5] = _boyce(Pb[yb[:, j], j], Pb[m, j] if Bb is None else Bb[:, j], 101, None)
+        out[k, 0] = _auc(yb[ok], Pb[ok])
         if has_thr.any():
-            c = _confusion(yb[:, has_thr].ravel(), pred[:, has_thr].ravel())
+            okt = ok[:, has_thr]
+            c = _confusion(yb[:, has_thr][okt], pred[:, has_thr][okt])
             out[k, 1:5] = (c["tss"], c["f1"], c["sensitivity"], c["specificity"])
         if boyce:
-            out[k, 5] = _boyce(Pb[yb], Pb.ravel() if Bb is None else Bb.ravel(), 101, None)
+            out[k, 5] = _boyce(Pb[yb], Pb[ok] if Bb is None else Bb.ravel(), 101, None)
         per = out[:k]
         defined = np.isfinite(per).sum(axis=0)
         out[k + 1] = np.where(defined > 0, np.nansum(per, axis=0) / np.maximum(defined, 1), _NAN)
         return out
 
     est, low, high = _bootstrap_table(table, (Y, P), B, n_boot, alpha, seed)
-    n_pres = np.r_[Y.sum(axis=0), Y.sum(), Y.sum()].astype(int)
-    n_all = np.r_[np.full(k, n), n * k, n * k]
+    used = ~np.isnan(Y)
+    n_pres = np.r_[np.nansum(Y, axis=0), np.nansum(Y), np.nansum(Y)].astype(int)
+    n_all = np.r_[used.sum(axis=0), used.sum(), used.sum()]
     return _rows(names, metrics, est, low, high, {"n": n_all, "n_presences": n_pres, "n_absences": n_all - n_pres})
 
 

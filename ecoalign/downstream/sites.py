@@ -27,6 +27,11 @@ class SiteTable:
     feature_source: dict[str, Any] = field(default_factory=dict)
 
 
+def _centres(gdf) -> np.ndarray:
+    c = gdf.geometry.centroid
+    return np.column_stack([c.x.to_numpy(), c.y.to_numpy()])
+
+
 def _projected(gdf):
     if gdf.crs is None:
         raise EcoalignInputError("the sites have no CRS", expected="a CRS on the points/embedding table")
@@ -116,7 +121,7 @@ def _records_to_targets(records: pd.DataFrame, t: dict, sites, path: Path) -> pd
     if buffer < radius:
         raise EcoalignInputError(f"exclusion_buffer_m {buffer} < record_radius_m {radius}",
                                  expected="an exclusion buffer at least as large as the record radius")
-    tree = cKDTree(np.column_stack([sites.geometry.x, sites.geometry.y]))
+    tree = cKDTree(_centres(sites))
     out = {}
     for name, group in records.groupby(sp):
         rec = group[[xc, yc]].to_numpy(dtype=float)
@@ -190,5 +195,5 @@ def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd
         dropped[reason] = [i for i in ids if i in set(gdf.index)]
     Y = targets.reindex(gdf.index[keep]).astype(float)
     sites = gdf.loc[keep]
-    return SiteTable(ids=np.asarray(sites.index), xy=np.column_stack([sites.geometry.x, sites.geometry.y]),
+    return SiteTable(ids=np.asarray(sites.index), xy=_centres(sites),
                      crs=sites.crs, X=X.loc[keep], Y=Y, dropped=dropped, feature_source=feature_source)
