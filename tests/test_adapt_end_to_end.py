@@ -56,10 +56,14 @@ def test_run_directory_and_report(bryce_run):
     assert report["pairing"]["paired"] == 159  # 160 relevés, one plot (bcnp109) has no coordinates
     assert report["data"]["plots_without_coordinates"] == ["bcnp109"]
     names = [v["variant"] for v in report["variants"]]
-    assert names == ["adapted", "frozen_dofa", "anchor_off"]
-    for v in report["variants"]:
+    assert names == ["adapted", "frozen_dofa", "anchor_off", "botasp"]
+    for v in report["variants"][:3]:
         for key in ("image_to_releve_R@1", "image_to_releve_R@10", "releve_to_image_R@10", "fidelity"):
             assert 0.0 <= v["test"][key] <= 1.0
+    botasp = report["variants"][3]
+    assert botasp["objective"] == "species" and "image_to_releve_R@1" not in botasp["test"]
+    assert (run / "variants" / "botasp" / "encoder" / "species_head.pt").exists()
+    assert ecoalign.load_encoder(run / "variants" / "botasp").embed_dim == 384
     frozen = report["variants"][1]["test"]["fidelity"]
     assert frozen == pytest.approx(1.0, abs=1e-6)  # adapter held at the identity keeps the geometry exactly
     split = report["split"]
@@ -144,7 +148,7 @@ def test_cli_kill_and_resume(bryce_run, tmp_path):
     env = {**os.environ, "ECOALIGN_CACHE": str(folder / "cache")}  # embeddings cached by the module's run
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "ecoalign.cli", "adapt", "--backbone", "dofa", "--manifest", str(manifest),
-           "--out", str(out), *FAST, "trainer.epochs=400", "trainer.patience=400", "trainer.progress=false"]
+           "--out", str(out), *FAST, "trainer.epochs=150", "trainer.patience=150", "trainer.progress=false"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ckpt = out / "variants" / "adapted" / "checkpoint.pt"
     deadline = time.time() + 120
@@ -160,4 +164,4 @@ def test_cli_kill_and_resume(bryce_run, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming after epoch" in done.stdout
     report = json.loads((out / "report.json").read_text())
-    assert [v["epochs_run"] for v in report["variants"]] == [400, 400, 400]
+    assert [v["epochs_run"] for v in report["variants"]] == [150, 150, 150, 150]

@@ -176,6 +176,7 @@ def test_bad_site_tables(bryce_tabular, tmp_path):
     df.to_csv(tmp_path / "nan.csv", index=False)
     sites = build_sites(spec, points=read_plots(tmp_path / "nan.csv", id_column="row", crs="EPSG:26912"), id_column="row")
     assert df.loc[3, "row"] not in set(sites.ids)  # a site with a NaN feature is dropped, not imputed silently
+    assert sites.dropped["nan_features"] == [df.loc[3, "row"]]
     dup = pd.concat([df, df.iloc[[0]]])
     dup.to_csv(tmp_path / "dup.csv", index=False)
     with pytest.raises(EcoalignInputError, match="appears more than once"):

@@ -190,6 +190,10 @@ def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd
                                  f"targets: {list(targets.index[:3])})", expected="the same ids in both tables")
     if no_target.any():
         dropped["no_target"] = list(gdf.index[no_target])
+    nan_features = X.isna().any(axis=1).to_numpy() & ~no_target
+    if nan_features.any():  # reported, never imputed behind the user's back
+        dropped.setdefault("nan_features", [])
+        dropped["nan_features"] += [i for i in gdf.index[nan_features] if i not in set(sum(dropped.values(), []))]
     keep = ~no_target & ~X.isna().any(axis=1).to_numpy()
     for reason, ids in list(dropped.items()):
         dropped[reason] = [i for i in ids if i in set(gdf.index)]

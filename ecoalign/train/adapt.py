@@ -146,15 +146,18 @@ def adapt(cfg, *, out: str | None = None, resume: str | bool | None = None) -> P
     model_kwargs = {"proj_dim": adapter_cfg.get("proj_dim"), "adapter_mlp_hidden": int(adapter_cfg.get("mlp_hidden", 0)),
                     "releve_encoder": c["releve_encoder"], "loss": c["loss"]}
     lam = float(c["loss"].get("anchor_weight", 1.0))
-    variants = [("adapted", lam, True)]
+    variants = [("adapted", lam, True, "contrastive")]
     if tr_cfg.get("baselines", True):
-        variants += [("frozen_dofa", 0.0, False), ("anchor_off" if lam > 0 else "anchor_on", 0.0 if lam > 0 else 1.0, True)]
+        variants += [("frozen_dofa", 0.0, False, "contrastive"),
+                     ("anchor_off" if lam > 0 else "anchor_on", 0.0 if lam > 0 else 1.0, True, "contrastive"),
+                     ("botasp", 0.0, True, "species")]
     train_kwargs = {k: tr_cfg[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "patience")}
     results = []
-    for name, weight, train_adapter in variants:
+    for name, weight, train_adapter, objective in variants:
         results.append(train_alignment(name, data, folder=run_dir / "variants" / name, model_kwargs=model_kwargs,
                                        anchor_weight=weight, train_adapter=train_adapter, seed=seed,
-                                       progress=tr_cfg.get("progress", True), log=_log, **train_kwargs))
+                                       objective=objective, progress=tr_cfg.get("progress", True), log=_log,
+                                       **train_kwargs))
     for i, r in enumerate(results):  # the main model at the top; every variant loadable for `ecoalign compare`
         for folder in ([run_dir] if i == 0 else []) + [run_dir / "variants" / r["variant"]]:
             _save_encoder(folder, r["model"], info, bb_cfg, manifest, mean, std, data_cfg, species, model_kwargs)
@@ -185,7 +188,8 @@ def _save_encoder(run_dir: Path, model, info, bb_cfg, manifest, mean, std, data_
     enc.mkdir(exist_ok=True)
     save_torch(model.adapter.state_dict(), enc / "adapter.pt")
     save_torch(model.image_proj.state_dict(), enc / "image_proj.pt")
-    save_torch(model.releve_encoder.state_dict(), enc / "releve_encoder.pt")
+    head = model.releve_encoder if model.objective == "contrastive" else model.species_head
+    save_torch(head.state_dict(), enc / ("releve_encoder.pt" if model.objective == "contrastive" else "species_head.pt"))
     weights = bb_cfg.get("weights", "none")
     write_json(enc / "encoder.json", {
         "kind": "adapted_dofa", "format_version": 1, "backbone": info.as_dict(),
@@ -197,16 +201,23 @@ def _save_encoder(run_dir: Path, model, info, bb_cfg, manifest, mean, std, data_
     })
 
 
+def _cell(test: dict, key: str, width: int) -> str:
+    return f"{test[key]:>{width}.3f}" if key in test else f"{'-':>{width}}"
+
+
+RETRIEVAL_KEYS = ("image_to_releve_R@1", "image_to_releve_R@10", "releve_to_image_R@1", "releve_to_image_R@10")
+
+
 def render_summary(report: dict) -> str:
     lines = ["", "held-out plots (spatial blocks): retrieval and anchor fidelity",
              f"{'variant':<14}{'anchor':>8}{'img->rel R@1':>14}{'R@10':>8}{'rel->img R@1':>14}{'R@10':>8}{'fidelity':>10}"]
     for v in report["variants"]:
         t = v["test"]
-        lines.append(f"{v['variant']:<14}{v['anchor_weight']:>8.2f}{t['image_to_releve_R@1']:>14.3f}"
-                     f"{t['image_to_releve_R@10']:>8.3f}{t['releve_to_image_R@1']:>14.3f}{t['releve_to_image_R@10']:>8.3f}"
-                     f"{t['fidelity']:>10.3f}")
+        cells = "".join(_cell(t, k, w) for k, w in zip(RETRIEVAL_KEYS, (14, 8, 14, 8)))
+        lines.append(f"{v['variant']:<14}{v['anchor_weight']:>8.2f}{cells}{t['fidelity']:>10.3f}")
     t = report["variants"][0]["test"]
-    lines.append(f"(n={t['n']} test plots; chance R@1={t['chance_R@1']:.3f}, R@10={t['chance_R@10']:.3f})")
+    lines.append(f"(n={t['n']} test plots; chance R@1={t['chance_R@1']:.3f}, R@10={t['chance_R@10']:.3f}; "
+                 "botasp = supervised species head, no retrieval)")
     if report["backbone"]["random_weights"]:
         lines.append("NOTE: backbone weights are RANDOM (--weights none); use DOFA_MAE or a checkpoint for real results.")
     return "\n".join(lines)
@@ -229,15 +240,16 @@ def render_report(report: dict) -> str:
            + (" (reused from cache)" if report["embedding_pass"]["reused_cache"] else
               f", {report['embedding_pass']['plots_per_second'] or 0:.2f} plots/s"),
            "", "## Held-out retrieval and anchor fidelity", "",
-           "| variant | anchor λ | adapter trained | epochs (best) | img→rel R@1 | img→rel R@10 | rel→img R@1 | rel→img R@10 | fidelity r |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| variant | objective | anchor λ | adapter trained | epochs (best) | img→rel R@1 | img→rel R@10 | rel→img R@1 | rel→img R@10 | fidelity r |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for v in report["variants"]:
         t = v["test"]
-        out.append(f"| {v['variant']} | {v['anchor_weight']:g} | {v['train_adapter']} | {v['epochs_run']} ({v['best_epoch']}) | "
-                   f"{t['image_to_releve_R@1']:.3f} | {t['image_to_releve_R@10']:.3f} | {t['releve_to_image_R@1']:.3f} | "
-                   f"{t['releve_to_image_R@10']:.3f} | {t['fidelity']:.3f} |")
+        cells = " | ".join(f"{t[k]:.3f}" if k in t else "-" for k in RETRIEVAL_KEYS)
+        out.append(f"| {v['variant']} | {v.get('objective', 'contrastive')} | {v['anchor_weight']:g} | {v['train_adapter']} | "
+                   f"{v['epochs_run']} ({v['best_epoch']}) | {cells} | {t['fidelity']:.3f} |")
     t = report["variants"][0]["test"]
     out += ["", f"n = {t['n']} test plots; chance recall@1 = {t['chance_R@1']:.3f}, recall@10 = {t['chance_R@10']:.3f}. "
             "Fidelity is the Pearson correlation between pairwise cosine similarities of adapted and frozen "
-            "DOFA embeddings of the test plots (1 = geometry unchanged).", ""]
+            "DOFA embeddings of the test plots (1 = geometry unchanged). botasp is the supervised baseline "
+            "(adapter + multi-label species head on DOFA embeddings).", ""]
     return "\n".join(out)

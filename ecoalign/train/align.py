@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..encoders.adapter import ImageAdapter
@@ -30,15 +31,23 @@ class AlignmentData:
 
 
 class AlignmentModel(nn.Module):
-    """Image tower (adapter, optional projection) and relevé tower, with the loss's learnable scalars."""
+    """Image tower (adapter, optional projection) and relevé tower, with the loss's learnable scalars.
+
+    ``objective="species"`` is the BotaSP baseline instead: the same adapter trained with a supervised
+    multi-label head that predicts which species are present, no relevé encoder and no contrast.
+    """
 
     def __init__(self, dim: int, n_species: int, *, proj_dim: int | None, adapter_mlp_hidden: int,
-                 releve_encoder: dict, loss: dict, train_adapter: bool = True):
+                 releve_encoder: dict, loss: dict, train_adapter: bool = True, objective: str = "contrastive"):
         super().__init__()
         out_dim = proj_dim or dim
+        self.objective = objective
         self.adapter = ImageAdapter(dim, adapter_mlp_hidden)
         self.adapter.requires_grad_(train_adapter)
         self.image_proj = nn.Linear(dim, out_dim) if proj_dim else nn.Identity()
+        if objective == "species":
+            self.species_head = nn.Linear(out_dim, n_species)
+            return
         enc = dict(releve_encoder)
         self.releve_encoder = build_releve_encoder(enc.pop("kind"), n_species, out_dim, **enc)
         loss = dict(loss)
@@ -51,8 +60,10 @@ class AlignmentModel(nn.Module):
 
     def losses(self, frozen: torch.Tensor, cover: torch.Tensor, anchor_weight: float) -> dict[str, torch.Tensor]:
         adapted, img = self.encode_image(frozen)
-        rel = self.releve_encoder(cover)
-        contrastive = self.contrastive(img, rel)
+        if self.objective == "species":
+            contrastive = F.binary_cross_entropy_with_logits(self.species_head(img), (cover > 0).float())
+        else:
+            contrastive = self.contrastive(img, self.releve_encoder(cover))
         anchor = anchor_loss(adapted, frozen) if anchor_weight > 0 else torch.zeros((), device=frozen.device)
         return {"loss": contrastive + anchor_weight * anchor, "contrastive": contrastive, "anchor": anchor}
 
@@ -65,23 +76,26 @@ def evaluate(model: AlignmentModel, data: AlignmentData, rows: torch.Tensor, anc
         cover = data.cover[rows]
         parts = model.losses(frozen, cover, anchor_weight)
         adapted, img = model.encode_image(frozen)
-        rel = model.releve_encoder(cover)
+        rel = model.releve_encoder(cover) if model.objective == "contrastive" else None
     out = {k: float(v) for k, v in parts.items()}
-    out.update(retrieval_recall(img, rel))
+    if rel is not None:  # the supervised baseline has no relevé embedding to retrieve
+        out.update(retrieval_recall(img, rel))
     out["fidelity"] = anchor_fidelity(adapted, frozen)
     return out
 
 
 def train_alignment(name: str, data: AlignmentData, *, folder: Path, model_kwargs: dict, anchor_weight: float,
                     train_adapter: bool, epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,
-                    seed: int, progress: bool = True, log=print, on_epoch_end=None) -> dict:
+                    seed: int, progress: bool = True, log=print, on_epoch_end=None,
+                    objective: str = "contrastive") -> dict:
     """Train (or resume) one variant; keep the best epoch by validation loss; return its test metrics."""
     from tqdm import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
     ckpt_path = folder / "checkpoint.pt"
     torch.manual_seed(seed)
-    model = AlignmentModel(data.frozen.shape[-1], data.cover.shape[1], train_adapter=train_adapter, **model_kwargs)
+    model = AlignmentModel(data.frozen.shape[-1], data.cover.shape[1], train_adapter=train_adapter,
+                           objective=objective, **model_kwargs)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     state = {"epoch": 0, "best_val": float("inf"), "best_epoch": 0, "bad_epochs": 0, "done": False, "history": [],
              "train_seconds": 0.0, "train_plots": 0}
@@ -120,7 +134,7 @@ def train_alignment(name: str, data: AlignmentData, *, folder: Path, model_kwarg
         state["epoch"] += 1
         row = {"variant": name, "epoch": state["epoch"], "train_loss": total / max(batches, 1),
                "val_loss": val["loss"], "val_contrastive": val["contrastive"], "val_anchor": val["anchor"],
-               "val_R@1": val["image_to_releve_R@1"], "val_R@10": val["image_to_releve_R@10"],
+               "val_R@1": val.get("image_to_releve_R@1"), "val_R@10": val.get("image_to_releve_R@10"),
                "val_fidelity": val["fidelity"]}
         state["history"].append(row)
         if val["loss"] < state["best_val"] - 1e-6:
@@ -137,13 +151,13 @@ def train_alignment(name: str, data: AlignmentData, *, folder: Path, model_kwarg
         if on_epoch_end is not None:
             on_epoch_end(row)  # after the checkpoint: a callback that stops the job loses nothing
         bar.update(1)
-        bar.set_postfix(val_loss=f"{val['loss']:.3f}", R10=f"{val['image_to_releve_R@10']:.2f}")
+        bar.set_postfix(val_loss=f"{val['loss']:.3f}", fidelity=f"{val['fidelity']:.2f}")
     bar.close()
 
     model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
     test = evaluate(model, data, data.rows("test"), anchor_weight)
     _write_history(folder / "metrics.csv", state["history"])
-    return {"variant": name, "anchor_weight": anchor_weight, "train_adapter": train_adapter,
+    return {"variant": name, "objective": objective, "anchor_weight": anchor_weight, "train_adapter": train_adapter,
             "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
             "train_plots_per_second": state["train_plots"] / state["train_seconds"] if state["train_seconds"] else None,
             "test": test, "model": model}
