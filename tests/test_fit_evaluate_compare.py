@@ -216,3 +216,29 @@ def test_env_raster_in_another_crs_is_sampled_after_reprojection(bryce_tabular, 
     true_lon = pts.to_crs("EPSG:4326").loc[sites.ids].geometry.x.to_numpy()
     np.testing.assert_allclose(sites.X["lon"].to_numpy(), true_lon, atol=0.006)
     assert len(sites.dropped.get("outside_env_rasters", [])) + len(sites.ids) == len(pts)
+
+
+def test_presence_background_records_then_independent_pa_sites(tmp_path, capsys):
+    """MaxEnt-style input: presence-only records + background points with covariates, scored on PA sites."""
+    conftest.need_shared()
+    import importlib.util
+
+    spec_mod = importlib.util.spec_from_file_location("bench_vs_maxent", Path(__file__).parents[1] / "benchmarks" / "bench_vs_maxent.py")
+    bench = importlib.util.module_from_spec(spec_mod)
+    spec_mod.loader.exec_module(bench)
+    po, bg, pa, crs, cov = bench.bryce_files(tmp_path)
+    spec = tmp_path / "po.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "po", "task": "presence_only", "target": {"source": "points", "min_presences": 5},
+        "features": {"embeddings": False, "covariates": cov},
+        "estimator": {"name": "lightgbm", "params": {"n_estimators": 50, "num_leaves": 7, "min_child_samples": 5}},
+        "cv": {"scheme": "random", "folds": 3}, "metrics": ["auc", "boyce"], "bootstrap": 20}))
+    assert main(["fit", str(spec), "--points", str(po), "--background", str(bg), "--crs", crs,
+                 "--out", str(tmp_path / "b")]) == 0
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    n_po, n_bg = len(pd.read_csv(po)), len(pd.read_csv(bg))
+    assert meta["n_sites"] == n_po + n_bg and len(meta["species"]) == pd.read_csv(po)["species"].nunique()
+    assert main(["evaluate", str(tmp_path / "b"), "--points", str(pa), "--crs", crs, "--id-column", "row",
+                 "--out", str(tmp_path / "e.csv")]) == 0
+    auc = pd.read_csv(tmp_path / "e.csv").query("species == 'macro' and metric == 'auc'")["value"].iloc[0]
+    assert 0.5 < auc < 1.0

@@ -131,11 +131,50 @@ def _records_to_targets(records: pd.DataFrame, t: dict, sites, path: Path) -> pd
     return pd.DataFrame(out, index=sites.index)
 
 
+def presence_background_points(records, background, spec: ModelSpec):
+    """Presence-only records + background points as one site table (MaxEnt-style data).
+
+    Per species: its records are presences (1), background points are 0, other species' records are NaN
+    (not used for it). Both tables carry the same covariate columns (or get raster values later).
+    """
+    import geopandas as gpd
+
+    sp = spec.target.get("species_column", "species")
+    if sp not in records.columns:
+        raise EcoalignInputError(f"column '{sp}' (species) not found in the presence records",
+                                 expected=f"one of {list(records.columns)[:15]}")
+    if background.crs != records.crs:
+        background = background.to_crs(records.crs)
+    rec = records.reset_index(drop=True)
+    ids = [f"presence_{i}" for i in range(len(rec))] + [f"background_{i}" for i in range(len(background))]
+    cols = [c for c in rec.columns if c in background.columns and c not in (sp, "geometry", "plot_id")]
+    sites = gpd.GeoDataFrame(pd.concat([rec[cols], background.reset_index(drop=True)[cols]], ignore_index=True),
+                             geometry=list(rec.geometry) + list(background.geometry), crs=records.crs)
+    sites["plot_id"] = ids
+    targets = {}
+    for name, idx in rec.groupby(sp).groups.items():
+        col = np.full(len(ids), np.nan)
+        col[np.asarray(list(idx))] = 1.0
+        col[len(rec):] = 0.0
+        targets[str(name)] = col
+    return sites, pd.DataFrame(targets, index=pd.Index(ids))
+
+
 def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd.DataFrame | None = None,
-                manifest=None, id_column: str = "plot_id") -> SiteTable:
-    """Join sites, features and targets for a spec; `embeddings` is an `ecoalign embed` table (path or frame)."""
+                manifest=None, id_column: str = "plot_id", background=None) -> SiteTable:
+    """Join sites, features and targets for a spec; `embeddings` is an `ecoalign embed` table (path or frame).
+
+    With ``background`` (a points table), ``points`` are presence-only records and the two are combined
+    into presence/background sites (see :func:`presence_background_points`).
+    """
     from ..embedding import embedding_columns, read_embeddings
 
+    targets = None
+    if background is not None:
+        if points is None:
+            raise EcoalignInputError("background points need presence records", expected="--points RECORDS --background BG")
+        points, targets = presence_background_points(points, background, spec)
+        id_column = "plot_id"
     dropped: dict[str, list[str]] = {}
     feature_source: dict[str, Any] = {}
     if embeddings is not None:
@@ -183,7 +222,8 @@ def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd
     X = pd.concat(feats, axis=1)
     X.columns = [str(c) for c in X.columns]
 
-    targets = _target_table(spec, manifest, gdf)
+    if targets is None:
+        targets = _target_table(spec, manifest, gdf)
     no_target = ~gdf.index.isin(targets.index)
     if no_target.all():
         raise EcoalignInputError(f"no site id matches the target table (sites: {list(gdf.index[:3])}, "
