@@ -57,7 +57,7 @@ def bench_embedding(size: str, n: int, batch: int) -> dict:
             "end_to_end_plots_per_s": n / (read_s + cached_s)}
 
 
-def bench_training(n: int, dim: int, species: int) -> dict:
+def bench_training(n: int, dim: int, species: int, batch_size: int) -> dict:
     from ecoalign.train.align import AlignmentData, train_alignment
 
     g = torch.Generator().manual_seed(0)
@@ -71,7 +71,7 @@ def bench_training(n: int, dim: int, species: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         out = train_alignment("bench", data, folder=Path(tmp), model_kwargs=model, anchor_weight=1.0,
-                              train_adapter=True, epochs=3, batch_size=256, lr=1e-3, weight_decay=1e-4, patience=10,
+                              train_adapter=True, epochs=3, batch_size=batch_size, lr=1e-3, weight_decay=1e-4, patience=10,
                               seed=0, progress=False, log=lambda m: None)
         wall = time.perf_counter() - t
     train_rows = int((split == "train").sum())
@@ -85,7 +85,8 @@ def main() -> None:
     ap.add_argument("--plots", type=int, default=10_000)
     ap.add_argument("--size", default="base")
     ap.add_argument("--embed-plots", type=int, default=48)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16, help="windows per DOFA forward")
+    ap.add_argument("--train-batch", type=int, default=None, help="adapter batch (default: configs/trainer/default.yaml)")
     a = ap.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     e = bench_embedding(a.size, a.embed_plots, a.batch)
@@ -96,8 +97,12 @@ def main() -> None:
     print(f"  ratio cached-kernel / torchgeo: {e['speedup_cached_kernel']:.2f}x")
     print(f"  read+embed          {e['end_to_end_plots_per_s']:8.2f} plots/s")
     dim = {"small": 384, "base": 768, "large": 1024}[a.size]
-    t = bench_training(a.plots, dim, 400)
-    print(f"adapter training on cached embeddings ({a.plots} plots, {dim}-d, 400 species, batch 256):")
+    if a.train_batch is None:
+        from ecoalign.config import compose
+
+        a.train_batch = int(compose("adapt").trainer.batch_size)
+    t = bench_training(a.plots, dim, 400, a.train_batch)
+    print(f"adapter training on cached embeddings ({a.plots} plots, {dim}-d, 400 species, batch {a.train_batch}):")
     print(f"  {t['train_plots_per_s']:.0f} plots/s; one epoch over 10,000 plots: {t['seconds_per_epoch_10k']:.2f} s "
           f"(target < 5 s: {'met' if t['seconds_per_epoch_10k'] < 5 else 'MISSED'})")
     print(f"  3 epochs incl. validation and checkpoints: {t['wall_seconds_3_epochs_with_val_and_checkpoints']:.2f} s")

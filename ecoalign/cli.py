@@ -140,13 +140,13 @@ def _read_points(path, crs, flag):
     import geopandas as gpd
     import pandas as pd
 
-    from .data.plots import _guess
+    from .data.plots import X_NAMES, Y_NAMES, guess_column
 
     if path is None:
         raise EcoalignInputError(f"{flag} is required with --background")
     if str(path).lower().endswith((".csv", ".txt")):
         df = pd.read_csv(path, sep=None, engine="python")
-        x, y = _guess(df, ("x", "easting", "lon", "longitude"), Path(path), "x"), _guess(df, ("y", "northing", "lat", "latitude"), Path(path), "y")
+        x, y = guess_column(df, X_NAMES, Path(path), "x"), guess_column(df, Y_NAMES, Path(path), "y")
         if crs is None:
             raise EcoalignInputError("a CSV of points needs its CRS", path=path, expected="--crs (e.g. EPSG:4326)")
         return gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(df[x], df[y]), crs=crs)

@@ -10,6 +10,10 @@ import pandas as pd
 from ..errors import EcoalignInputError
 
 
+X_NAMES = ("x", "easting", "east", "lon", "longitude")
+Y_NAMES = ("y", "northing", "north", "lat", "latitude")
+
+
 def read_plots(path: str | Path, *, id_column: str = "plot_id", layer: str | None = None,
                x_column: str | None = None, y_column: str | None = None, crs: Any = None,
                sep: str | None = None):
@@ -22,8 +26,8 @@ def read_plots(path: str | Path, *, id_column: str = "plot_id", layer: str | Non
     suffix = path.suffix.lower()
     if suffix in (".csv", ".txt", ".tsv"):
         df = pd.read_csv(path, sep=sep, engine="python" if sep is None else "c", dtype={id_column: str})
-        x_column = x_column or _guess(df, ("x", "easting", "east", "lon", "longitude"), path, "x")
-        y_column = y_column or _guess(df, ("y", "northing", "north", "lat", "latitude"), path, "y")
+        x_column = x_column or guess_column(df, X_NAMES, path, "x")
+        y_column = y_column or guess_column(df, Y_NAMES, path, "y")
         if crs is None:
             raise EcoalignInputError("a CSV of plots needs its CRS", path=path,
                                      expected="'crs:' in the manifest's plots entry (e.g. EPSG:32631)")
@@ -74,7 +78,7 @@ def _check_unique(ids: pd.Series, path: Path) -> None:
                                  where=f"row {int(np.flatnonzero(dup.to_numpy())[0]) + 2}", expected="unique plot ids")
 
 
-def _guess(df: pd.DataFrame, names: tuple[str, ...], path: Path, role: str) -> str:
+def guess_column(df: pd.DataFrame, names: tuple[str, ...], path: Path, role: str) -> str:
     lower = {c.lower(): c for c in df.columns}
     for n in names:
         if n in lower:

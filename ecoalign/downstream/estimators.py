@@ -224,6 +224,9 @@ def _presence_only(self) -> bool:
     return True
 
 
+SPECIES_PARALLEL_MAX_ROWS = 5000
+
+
 class MultiSpeciesModel(BaseEstimator):
     """One model per species (presence or abundance), scikit-learn compatible (``clone``, ``get_params``).
 
@@ -321,7 +324,9 @@ class MultiSpeciesModel(BaseEstimator):
             warnings.warn(f"skipped {len(skipped)} of {len(species_names)} species: {shown}{more}; "
                           f"see skipped_species_", UserWarning, stacklevel=2)
 
-        workers = min(effective_n_jobs(self.n_jobs), len(todo))
+        # Many small fits: parallel over species. Few large ones: each estimator threads itself, which
+        # measured faster from ~5,000 rows on (benchmarks/bench_downstream.py).
+        workers = min(effective_n_jobs(self.n_jobs), len(todo)) if Xk.shape[0] < SPECIES_PARALLEL_MAX_ROWS else 1
         if workers > 1:
             base = self._base_estimator(inner_n_jobs=1)
             fitted = Parallel(n_jobs=workers, prefer="threads")(
