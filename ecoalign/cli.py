@@ -224,23 +224,15 @@ def _evaluate(args) -> int:
 
 
 def _spec_from_meta(meta, targets, id_column, known):
-    import tempfile
-
-    import yaml
-
-    from .downstream.spec import load_spec
+    """The bundle's spec, pointed at the test table's presence/absence (or abundance) columns."""
+    from .downstream.spec import spec_from_dict
 
     raw = dict(meta["spec"])
     task = "abundance" if raw["task"] == "abundance" else "presence_absence"
     raw.update(task=task, target={"source": str(targets), "id_column": id_column, "columns": known})
     if task == "presence_absence":
         raw["metrics"] = [m for m in raw["metrics"] if m != "boyce"] or ["auc"]
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(raw, f)
-    try:
-        return load_spec(f.name)
-    finally:
-        Path(f.name).unlink()
+    return spec_from_dict(raw, targets)
 
 
 def _compare_parser(sub) -> None:

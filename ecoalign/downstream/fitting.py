@@ -200,7 +200,7 @@ def load_bundle(path: str | Path):
 
 def evaluate_bundle(bundle: str | Path, sites: SiteTable, *, seed: int = 0) -> pd.DataFrame:
     """Metrics of a fitted bundle on an independent test table (e.g. presence/absence survey sites)."""
-    from .spec import load_spec
+    from .spec import spec_from_dict
 
     model, meta = load_bundle(bundle)
     missing = [c for c in meta["features"] if c not in sites.X.columns]
@@ -214,12 +214,7 @@ def evaluate_bundle(bundle: str | Path, sites: SiteTable, *, seed: int = 0) -> p
                                  expected=f"species among {meta['species'][:10]}")
     if unknown:
         print(f"[ecoalign] {len(unknown)} test species unknown to the model are not evaluated, e.g. {unknown[:5]}")
-    spec_path = Path(bundle) / "_spec.yaml"
-    import yaml
-
-    spec_path.write_text(yaml.safe_dump(meta["spec"]))
-    spec = load_spec(spec_path)
-    spec_path.unlink()
+    spec = spec_from_dict(meta["spec"], Path(bundle) / "bundle.json")
     X = sites.X[meta["features"]]
     if spec.task == "abundance":
         pred = pd.DataFrame(np.asarray(model.predict(X)).reshape(len(X), -1), index=X.index,

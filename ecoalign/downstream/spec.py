@@ -45,7 +45,12 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
     if not path.exists():
         known = sorted(p.stem for p in species_models_dir().glob("*.yaml"))
         raise EcoalignInputError("model spec not found", path=name_or_path, expected=f"a YAML path or one of {known}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    return spec_from_dict(yaml.safe_load(path.read_text()) or {}, path)
+
+
+def spec_from_dict(raw: dict[str, Any], path: Path | str = "<spec>") -> ModelSpec:
+    """Validate a spec given as a mapping (a bundle stores its spec this way)."""
+    path = Path(path)
     task = raw.get("task")
     if task not in TASKS:
         raise EcoalignInputError(f"task is {task!r}", path=path, where="task", expected=f"one of {sorted(TASKS)}")
