@@ -89,3 +89,20 @@ def bryce_manifest(tmp_path):
                     "cover_scale": "bryce"},
     }
     return write_manifest(tmp_path, body)
+
+
+def generated_world_manifest(folder: Path, name: str, *, extras: bool = False, **options) -> Path:
+    """A manifest that generates a demo world of the given size into ``folder`` on first load."""
+    body = {
+        "name": name, "licence": "CC0-1.0", "root": str(folder / "world"), "generator": "demo",
+        "generator_options": options, "checksums": "SHA256SUMS",
+        "imagery": {"files": ["ortho.tif"], "wavelengths_um": [0.49, 0.56, 0.665, 0.842], "nodata": 0},
+        "plots": {"path": "plots.gpkg", "layer": "plots", "id_column": "plot_id"},
+        "releves": {"path": "releves.csv", "format": "long", "cover_scale": "braun_blanquet"},
+    }
+    if extras:
+        body["extras"] = {"butterflies": {"path": "butterflies.csv"},
+                          "soil_trophic_groups": {"path": "soil_trophic_groups.csv"}}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path

@@ -12,19 +12,13 @@ import yaml
 
 import ecoalign
 
+from conftest import generated_world_manifest
+
 
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("claims")
-    manifest = folder / "world.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "name": "claims-world", "licence": "CC0-1.0", "root": str(folder / "world"), "generator": "demo",
-        "generator_options": {"n_plots": 400, "size_m": 4000.0, "resolution_m": 2.0, "seed": 2},
-        "checksums": "SHA256SUMS",
-        "imagery": {"files": ["ortho.tif"], "wavelengths_um": [0.49, 0.56, 0.665, 0.842], "nodata": 0},
-        "plots": {"path": "plots.gpkg", "layer": "plots", "id_column": "plot_id"},
-        "releves": {"path": "releves.csv", "format": "long", "cover_scale": "braun_blanquet"},
-    }))
+    manifest = generated_world_manifest(folder, "claims-world", n_plots=400, size_m=4000.0, resolution_m=2.0, seed=2)
     run = ecoalign.adapt([f"data.manifest={manifest}", "backbone.size=small", "data.augmentations=1",
                           "trainer.progress=false"], out=str(folder / "run"))
     return json.loads((run / "report.json").read_text())

@@ -27,16 +27,8 @@ def world(tmp_path_factory):
     from ecoalign.data.plots import read_manifest_plots
 
     folder = tmp_path_factory.mktemp("dsworld")
-    manifest = folder / "world.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "name": "ds-world", "licence": "CC0-1.0", "root": str(folder / "world"), "generator": "demo",
-        "generator_options": {"n_plots": 150, "size_m": 2500.0, "resolution_m": 4.0, "seed": 3},
-        "checksums": "SHA256SUMS",
-        "imagery": {"files": ["ortho.tif"], "wavelengths_um": [0.49, 0.56, 0.665, 0.842], "nodata": 0},
-        "plots": {"path": "plots.gpkg", "layer": "plots", "id_column": "plot_id"},
-        "releves": {"path": "releves.csv", "format": "long", "cover_scale": "braun_blanquet"},
-        "extras": {"butterflies": {"path": "butterflies.csv"}, "soil_trophic_groups": {"path": "soil_trophic_groups.csv"}},
-    }))
+    manifest = conftest.generated_world_manifest(folder, "ds-world", extras=True, n_plots=150, size_m=2500.0,
+                                                 resolution_m=4.0, seed=3)
     m = load_manifest(manifest)
     enc = ecoalign.load_encoder("dofa", size="small", wavelengths_um=m.wavelengths_um)
     emb = folder / "emb.parquet"

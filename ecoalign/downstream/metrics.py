@@ -305,6 +305,18 @@ def _names(given, from_frames: Sequence[list[str] | None], k: int, what: str) ->
     return names
 
 
+def _paired(y_true, pred, names, pred_name: str, what: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Truth and predictions as same-shaped (n, k) matrices with one name per column."""
+    Y, ycols = _matrix(y_true, "y_true", None)
+    P, pcols = _matrix(pred, pred_name, None)
+    if Y.shape != P.shape:
+        raise EcoalignInputError(f"y_true has shape {Y.shape} but {pred_name} has shape {P.shape}",
+                                 expected=f"one value of {pred_name} per site and {what}")
+    if Y.shape[0] == 0 or Y.shape[1] == 0:
+        raise EcoalignInputError(f"no data to evaluate (shape {Y.shape})", expected=f"at least one site and {what}")
+    return Y, P, _names(names, (ycols, pcols), Y.shape[1], what)
+
+
 def _no_nan(arr: np.ndarray, name: str, names: list[str]) -> None:
     bad = ~np.isfinite(arr)
     if bad.any():
@@ -337,15 +349,8 @@ def evaluate_presence(y_true, scores, thresholds, species_names: Sequence[str] |
     species binarised at its own threshold; ``macro`` is the mean over species with a defined value. Columns:
     species, metric, value, ci_low, ci_high, n, n_presences, n_absences; intervals resample sites (``n_boot=0``: none).
     """
-    Y, ycols = _matrix(y_true, "y_true", None)
-    P, pcols = _matrix(scores, "scores", None)
-    if Y.shape != P.shape:
-        raise EcoalignInputError(f"y_true has shape {Y.shape} but scores has shape {P.shape}",
-                                 expected="one score per site and species")
+    Y, P, names = _paired(y_true, scores, species_names, "scores", "species")
     n, k = Y.shape
-    if n == 0 or k == 0:
-        raise EcoalignInputError(f"no data to evaluate (shape {Y.shape})", expected="at least one site and species")
-    names = _names(species_names, (ycols, pcols), k, "species")
     bad = ~np.isin(Y, (0.0, 1.0)) & ~np.isnan(Y)  # NaN: site not evaluated for that species (presence-only)
     if bad.any():
         j = int(np.flatnonzero(bad.any(axis=0))[0])
@@ -406,15 +411,8 @@ def evaluate_abundance(y_true, pred, names: Sequence[str] | None = None, n_boot:
     ``y_true``/``pred``: (n_sites,) or (n_sites, n_targets). Same columns as ``evaluate_presence`` minus the
     presence counts (the ``species`` column holds the target name); the ``micro`` row pools all (site, target) pairs.
     """
-    Y, ycols = _matrix(y_true, "y_true", None)
-    P, pcols = _matrix(pred, "pred", None)
-    if Y.shape != P.shape:
-        raise EcoalignInputError(f"y_true has shape {Y.shape} but pred has shape {P.shape}",
-                                 expected="one prediction per site and target")
+    Y, P, labels = _paired(y_true, pred, names, "pred", "target")
     n, k = Y.shape
-    if n == 0 or k == 0:
-        raise EcoalignInputError(f"no data to evaluate (shape {Y.shape})", expected="at least one site and target")
-    labels = _names(names, (ycols, pcols), k, "target")
     _no_nan(Y, "y_true", labels)
     _no_nan(P, "pred", labels)
     _check_boot(n_boot, alpha)
