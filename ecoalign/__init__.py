@@ -6,7 +6,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["adapt", "embed_points", "load_encoder", "load_manifest", "EcoalignInputError"]
+__all__ = ["adapt", "embed_points", "load_encoder", "load_manifest", "map_raster", "EcoalignInputError"]
 
 from .errors import EcoalignInputError
 
@@ -36,3 +36,10 @@ def embed_points(points, rasters, encoder, **kwargs):
     from .embedding import embed_points as _embed
 
     return _embed(points, rasters, encoder, **kwargs)
+
+
+def map_raster(encoder, model, raster, out, **kwargs):
+    """Python face of ``ecoalign map``: a species-model map of a raster of any size -> (Cloud-Optimized) GeoTIFF."""
+    from .mapping import map_raster as _map
+
+    return _map(encoder, model, raster, out, **kwargs)

@@ -63,11 +63,17 @@ def _embed_parser(sub) -> None:
     p.add_argument("--crs", help="CRS of a CSV points file, e.g. EPSG:32631")
     p.add_argument("--patch-size-m", type=float, help="window ground size (default: the encoder's, else 100 m)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--out", required=True, help="output GeoParquet")
+    p.add_argument("--images", help="a folder of organism photos (with an organism encoder): one row per image, "
+                                    "CSV or Parquet by the --out suffix")
+    p.add_argument("--out", required=True, help="output GeoParquet (points), or CSV/Parquet (--images)")
     p.add_argument("--overwrite", action="store_true")
 
 
 def _embed(args) -> int:
+    if args.images:
+        from .commands.organism_eval import embed_images_verb
+
+        return embed_images_verb(args)
     from .data.plots import read_plots
     from .embedding import write_embeddings
     from .encoders.registry import load_encoder
@@ -268,6 +274,26 @@ def _manifest_hash(args) -> int:
     return 0
 
 
+# Verbs living in their own modules under ecoalign/commands/: each module has ``register(sub) -> {verb: fn}``
+# and keeps its heavy imports inside the functions it returns.
+COMMAND_MODULES = ("curate", "train_organism", "organism_eval", "map")
+
+
+def _command_verbs(sub) -> dict:
+    import importlib
+
+    verbs = {}
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.commands.{name}":
+                raise
+            continue
+        verbs.update(module.register(sub))
+    return verbs
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecoalign", description="Botany-aware foundation models for ecology.")
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -278,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     _compare_parser(sub)
     h = sub.add_parser("manifest-hash", help="print sha256 lines for files, to paste into a manifest")
     h.add_argument("files", nargs="+")
+    parser.set_defaults(_extra_verbs=_command_verbs(sub))
     return parser
 
 
@@ -288,7 +315,7 @@ VERBS = {"adapt": _adapt, "embed": _embed, "fit": _fit, "evaluate": _evaluate, "
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return VERBS[args.verb](args)
+        return {**VERBS, **args._extra_verbs}[args.verb](args)
     except EcoalignInputError as exc:
         print(f"ecoalign {args.verb}: error: {exc}", file=sys.stderr)
         return 2

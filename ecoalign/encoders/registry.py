@@ -123,18 +123,34 @@ def _load_adapted(run_dir: Path) -> DOFAEncoder:
                        meta.get("patch_size_m"), meta)
 
 
+ORGANISM_PREFIXES = ("open_clip:", "hf-hub:", "local-dir:", "bioclip")
+
+
+def is_organism_encoder(name_or_path) -> bool:
+    """An open_clip organism model: a ``train-organism`` run/encoder directory or an open_clip model name."""
+    path = Path(str(name_or_path))
+    return ((path / "organism_encoder.json").exists() or (path / "encoder" / "organism_encoder.json").exists()
+            or str(name_or_path).startswith(ORGANISM_PREFIXES))
+
+
 def load_encoder(name_or_path, *, size: str = "base", weights: str = "none",
                  wavelengths_um: Sequence[float] | None = None, band_mean=None, band_std=None) -> DOFAEncoder:
-    """``"dofa"`` for frozen DOFA (give wavelengths), or the directory of an ``ecoalign adapt`` run."""
+    """``"dofa"`` for frozen DOFA (give wavelengths), the directory of an ``ecoalign adapt`` run, or an organism
+    CLIP encoder (a ``train-organism`` run directory, ``open_clip:ARCH`` with ``weights=``, ``bioclip``)."""
     from .dofa import build_dofa
 
     path = Path(str(name_or_path))
     if (path / "encoder" / "encoder.json").exists():
         return _load_adapted(path)
+    if is_organism_encoder(name_or_path):
+        from .organism import load_organism_encoder
+
+        return load_organism_encoder(name_or_path, weights=None if weights == "none" else weights)
     if str(name_or_path) == "dofa":
         if wavelengths_um is None:
             raise EcoalignInputError("frozen DOFA needs the band wavelengths", expected="wavelengths_um=[...] in µm")
         model, info = build_dofa(size, weights)
         return DOFAEncoder(model, info, wavelengths_um, band_mean, band_std)
     raise EcoalignInputError(f"unknown encoder '{name_or_path}'",
-                             expected="'dofa' or an ecoalign adapt run directory (holding encoder/encoder.json)")
+                             expected="'dofa', an ecoalign adapt run directory (holding encoder/encoder.json), "
+                                      "a train-organism run directory, or open_clip:ARCH")

@@ -1,0 +1,1 @@
+"""CLI verbs in their own modules: each exposes ``register(subparsers) -> {verb: function}``."""
