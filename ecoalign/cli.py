@@ -312,6 +312,10 @@ VERBS = {"adapt": _adapt, "embed": _embed, "fit": _fit, "evaluate": _evaluate, "
          "manifest-hash": _manifest_hash}
 
 
+# verbs whose finished work is picked up by running the same command again (no --resume flag)
+RERUN_RESUMES = {"embed", "map"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -320,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecoalign {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ecoalign {args.verb}: interrupted; finished work is kept, continue with --resume", file=sys.stderr)
+        how = "re-run the same command to resume" if args.verb in RERUN_RESUMES else "continue with --resume"
+        print(f"ecoalign {args.verb}: interrupted; finished work is kept, {how}", file=sys.stderr)
         return 130
 
 

@@ -1,0 +1,270 @@
+"""Mapping speed and memory, measured side by side in one run.
+
+* ecoalign: `map_raster` (one read per block of windows, reads prefetched in a thread while the encoder runs,
+  all-nodata windows never embedded, the DOFA kernel computed once, streaming to a tiled GeoTIFF, COG at the end);
+* encoder only: DOFA forward on random batches, the ceiling of any pipeline on a fully valid raster;
+* naive: torchgeo `RasterDataset` + `GridGeoSampler` + `DataLoader` (per-window reads, `num_workers` processes,
+  the same batch size), the same encoder (same cached kernel), the same standardisation and species model,
+  predictions kept in memory and written as a GeoTIFF. Nodata windows are embedded and masked afterwards.
+Both run on a fully valid raster and on the same raster with a nodata footprint (a scene edge), and the maps
+are compared. Peak RSS of `map_raster` is measured in fresh subprocesses for a raster and one 4x larger.
+On CUDA (untested here: no GPU on the development machine) it also reports bf16 tiles/s and the fraction of
+encoder-only throughput the full pipeline reaches.
+
+    python benchmarks/bench_map.py [--side 8] [--batch-size 32] [--num-workers 2] [--rss-side 6]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+WAVES = [0.49, 0.56, 0.665, 0.842]
+RES = 1.0  # metres
+WINDOW = 224  # px = m: one DOFA input per window, no resampling
+LEFT, TOP = 500000.0, 4800000.0
+CRS = "EPSG:32631"
+
+
+def make_raster(path: Path, side_windows: int, *, footprint: bool = False, seed: int = 0) -> Path:
+    """A 4-band uint16 orthophoto-like raster (tiled, deflate), written in strips so the writer stays small."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+    from scipy.ndimage import gaussian_filter
+
+    side = side_windows * WINDOW
+    rng = np.random.default_rng(seed)
+    profile = {"driver": "GTiff", "width": side, "height": side, "count": 4, "dtype": "uint16", "crs": CRS,
+               "transform": from_origin(LEFT, TOP, RES, RES), "nodata": 0, "tiled": True, "blockxsize": 256,
+               "blockysize": 256, "compress": "deflate"}
+    with rasterio.open(path, "w", **profile) as dst:
+        for r0 in range(0, side, 512):
+            h = min(512, side - r0)
+            tex = gaussian_filter(rng.normal(size=(4, h, side)), sigma=(0, 6, 6))
+            arr = (2000 + 4000 * np.tanh(tex * 3)).clip(1, 65535).astype("uint16")
+            if footprint:  # a diagonal scene edge: about 45% of the raster is outside the swath
+                rows = np.arange(r0, r0 + h)[:, None]
+                cols = np.arange(side)[None, :]
+                arr[:, (rows + cols) < 0.9 * side] = 0
+            dst.write(arr, window=Window(0, r0, side, h))
+    return path
+
+
+def make_bundle(folder: Path, raster: Path, encoder) -> Path:
+    import geopandas as gpd
+    import pandas as pd
+
+    import ecoalign
+    from ecoalign.downstream.fitting import fit_bundle
+    from ecoalign.downstream.sites import build_sites
+    from ecoalign.downstream.spec import spec_from_dict
+
+    rng = np.random.default_rng(1)
+    with __import__("rasterio").open(raster) as src:
+        side = src.width * RES
+    xy = np.column_stack([LEFT + rng.uniform(WINDOW, side - WINDOW, 24), TOP - rng.uniform(WINDOW, side - WINDOW, 24)])
+    pts = gpd.GeoDataFrame({"plot_id": [f"p{i}" for i in range(len(xy))]},
+                           geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]), crs=CRS)
+    emb = ecoalign.embed_points(pts, [raster], encoder, patch_size_m=WINDOW * RES)
+    y = pd.DataFrame({"plot_id": emb["plot_id"]})
+    for j, name in enumerate(["sp_a", "sp_b", "sp_c"]):
+        y[name] = (emb[f"emb_{j:03d}"] > emb[f"emb_{j:03d}"].median()).astype(int)
+    y.to_csv(folder / "targets.csv", index=False)
+    spec = spec_from_dict({"name": "bench", "task": "presence_absence",
+                           "target": {"source": str(folder / "targets.csv"), "id_column": "plot_id", "min_presences": 4},
+                           "features": {"embeddings": True, "pca": 8}, "estimator": {"name": "logistic"},
+                           "cv": {"scheme": "random", "folds": 2}, "metrics": ["auc"], "bootstrap": 5})
+    return fit_bundle(spec, build_sites(spec, embeddings=emb), folder / "bundle", n_jobs=1, progress=False)
+
+
+def run_ecoalign(encoder, bundle, raster, out, batch_size) -> tuple[float, np.ndarray]:
+    import rasterio
+
+    from ecoalign.mapping import map_raster
+
+    t0 = time.perf_counter()
+    map_raster(encoder, bundle, raster, out, batch_size=batch_size, overwrite=True, quicklook=False, progress=False)
+    seconds = time.perf_counter() - t0
+    with rasterio.open(out) as src:
+        return seconds, src.read()
+
+
+def run_naive(encoder, bundle, raster, out, batch_size, num_workers) -> tuple[float, np.ndarray]:
+    """The torchgeo way: a grid sampler over a RasterDataset, batches from a DataLoader, predictions in memory."""
+    import rasterio
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets import RasterDataset, stack_samples
+    from torchgeo.samplers import GridGeoSampler
+
+    from ecoalign.data.patches import band_stats, open_rasters
+    from ecoalign.downstream.fitting import load_bundle
+    from ecoalign.embedding import EMBED_PREFIX
+
+    import pandas as pd
+
+    t0 = time.perf_counter()
+
+    class Scene(RasterDataset):
+        filename_glob = Path(raster).name
+
+    model, meta = load_bundle(bundle)
+    mean, std = band_stats(open_rasters([raster], encoder.wavelengths_um))
+    mean_t, std_t = torch.from_numpy(mean)[None, :, None, None], torch.from_numpy(std)[None, :, None, None]
+    ds = Scene(paths=[str(Path(raster).parent)])
+    sampler = GridGeoSampler(ds, size=WINDOW, stride=WINDOW)
+    loader = DataLoader(ds, sampler=sampler, batch_size=batch_size, num_workers=num_workers, collate_fn=stack_samples)
+    with rasterio.open(raster) as src:
+        width, height, transform, crs = src.width // WINDOW, src.height // WINDOW, src.transform, src.crs
+    targets = list(model[-1].species_)
+    result = np.full((len(targets), height, width), -9999.0, np.float32)
+    for batch in loader:
+        img = batch["image"].float()
+        invalid = (img == 0).all(dim=1)  # nodata = 0 on every band
+        keep = (invalid.float().mean(dim=(1, 2)) <= 0.5).numpy()
+        x = (img - mean_t) / std_t
+        x = x.masked_fill(invalid[:, None], 0.0)
+        if x.shape[-1] != encoder.info.input_px:
+            x = F.interpolate(x, size=(encoder.info.input_px,) * 2, mode="bilinear", align_corners=False)
+        emb = encoder.head(encoder.features(x).numpy())
+        X = pd.DataFrame(emb, columns=[f"{EMBED_PREFIX}{j:03d}" for j in range(emb.shape[1])])[meta["features"]]
+        pred = model.predict_proba(X)
+        for i, q in enumerate(batch["bounds"]):
+            xs = q[0] if isinstance(q, tuple) else q.minx
+            ys = q[1] if isinstance(q, tuple) else q.maxy
+            col = round((xs.start - transform.c) / (WINDOW * RES))
+            row = round((transform.f - ys.stop) / (WINDOW * RES))
+            if keep[i]:
+                result[:, row, col] = pred[i]
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": len(targets), "dtype": "float32",
+               "crs": crs, "transform": transform * transform.scale(WINDOW), "nodata": -9999.0}
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(result)
+    return time.perf_counter() - t0, result
+
+
+def rss_child(raster: str, bundle: str, out: str) -> None:
+    """Runs in a fresh process: map one raster and print peak RSS."""
+    from ecoalign.mapping import map_raster
+
+    t0 = time.perf_counter()
+    map_raster("dofa", bundle, raster, out, overwrite=True, quicklook=False, progress=False)
+    print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "seconds": time.perf_counter() - t0}))
+
+
+def gpu_figures(encoder, bundle, raster, folder, batch_size) -> None:
+    """bf16 tiles/s of the full pipeline vs encoder-only forward throughput on CUDA (not run without a GPU)."""
+    import torch
+
+    from ecoalign.mapping import map_raster
+
+    if not torch.cuda.is_available():
+        print("gpu: no CUDA device here; the bf16 autocast path is written but not measured")
+        return
+    encoder.model.to("cuda")
+    x = torch.randn(batch_size, 4, 224, 224, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        encoder.features(x)
+        torch.cuda.synchronize()
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < 10:
+            encoder.features(x)
+            n += batch_size
+        torch.cuda.synchronize()
+    enc_rate = n / (time.perf_counter() - t0)
+    with __import__("rasterio").open(raster) as src:
+        tiles = (src.width // WINDOW) * (src.height // WINDOW)
+    t0 = time.perf_counter()
+    map_raster(encoder, bundle, raster, folder / "gpu.tif", batch_size=batch_size, overwrite=True, quicklook=False,
+               progress=False, device="cuda")
+    rate = tiles / (time.perf_counter() - t0)
+    print(f"gpu bf16: pipeline {rate:.1f} tiles/s, encoder-only {enc_rate:.1f} tiles/s, fraction {rate / enc_rate:.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", type=int, default=8, help="throughput raster: side in 224 m windows (default 8)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--num-workers", type=int, default=2, help="DataLoader workers for the torchgeo baseline")
+    ap.add_argument("--rss-side", type=int, default=6, help="memory: small raster side in windows (large = 2x side)")
+    ap.add_argument("--rss-child", nargs=3, metavar=("RASTER", "BUNDLE", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child:
+        return rss_child(*args.rss_child)
+
+    import torch
+
+    import ecoalign
+
+    print(f"[bench_map] torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f}; DOFA-small random weights, {WINDOW} m windows at {RES:g} m")
+    with tempfile.TemporaryDirectory(prefix="bench_map_") as tmp:
+        folder = Path(tmp)
+        enc = ecoalign.load_encoder("dofa", size="small", wavelengths_um=WAVES)
+        (folder / "valid").mkdir()
+        (folder / "edge").mkdir()
+        valid = make_raster(folder / "valid" / "scene.tif", args.side)
+        edge = make_raster(folder / "edge" / "scene.tif", args.side, footprint=True)
+        bundle = make_bundle(folder, valid, enc)
+        x = torch.zeros(1, 4, 224, 224)
+        enc.features(x)  # warm-up outside the timings
+        t0 = time.perf_counter()
+        for _ in range(20):
+            enc.features._kernel = None
+            enc.features._patch_kernel(x.device)
+        kernel_ms = (time.perf_counter() - t0) / 20 * 1000
+        tiles = args.side ** 2
+        km2 = (args.side * WINDOW * RES / 1000) ** 2
+        print(f"[bench_map] DOFA kernel generation {kernel_ms:.1f} ms (done once per run by both pipelines)")
+        xb = torch.randn(16, 4, 224, 224)
+        t0 = time.perf_counter()
+        for _ in range(max(1, args.side ** 2 // 16)):
+            enc.features(xb)
+        enc_rate = max(1, args.side ** 2 // 16) * 16 / (time.perf_counter() - t0)
+        print(f"[bench_map] encoder-only forward (batches of 16, no I/O, no model): {enc_rate:.2f} tiles/s "
+              f"= the ceiling for any pipeline on fully valid rasters here")
+        print(f"{'raster':<22}{'pipeline':<12}{'seconds':>9}{'tiles/s':>10}{'km2/min':>10}")
+        for name, raster, order in (("fully valid", valid, ("naive", "ecoalign")),
+                                    ("45% nodata edge", edge, ("ecoalign", "naive"))):
+            res = {}
+            for which in order:
+                out = raster.parent / f"{which}.tif"
+                if which == "naive":
+                    res[which] = run_naive(enc, bundle, raster, out, args.batch_size, args.num_workers)
+                else:
+                    res[which] = run_ecoalign(enc, bundle, raster, out, args.batch_size)
+                sec = res[which][0]
+                print(f"{name:<22}{which:<12}{sec:9.1f}{tiles / sec:10.2f}{km2 / sec * 60:10.3f}", flush=True)
+            a, b = res["ecoalign"][1], res["naive"][1]
+            diff = float(np.abs(a - b)[a != -9999.0].max()) if (a != -9999.0).any() else 0.0
+            print(f"{name:<22}ratio ecoalign/naive {res['naive'][0] / res['ecoalign'][0]:.2f}x; same nodata "
+                  f"{bool(((a == -9999.0) == (b == -9999.0)).all())}, max |diff| {diff:.2e}", flush=True)
+
+        rss = {}
+        for label, side in (("small", args.rss_side), ("4x pixels", 2 * args.rss_side)):
+            (folder / label).mkdir()
+            raster = make_raster(folder / label / "scene.tif", side, seed=3)
+            proc = subprocess.run([sys.executable, __file__, "--rss-child", str(raster), str(bundle),
+                                   str(folder / label / "map.tif")], capture_output=True, text=True, check=True)
+            rss[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+            mpx = (side * WINDOW) ** 2 / 1e6
+            print(f"[bench_map] peak RSS {label:<10} ({mpx:.1f} Mpx, {side ** 2} tiles): "
+                  f"{rss[label]['maxrss_mb']:.0f} MB in {rss[label]['seconds']:.0f} s", flush=True)
+        ratio = rss["4x pixels"]["maxrss_mb"] / rss["small"]["maxrss_mb"]
+        print(f"[bench_map] peak RSS 4x pixels / small = {ratio:.3f} (target <= 1.10)")
+        gpu_figures(enc, bundle, valid, folder, args.batch_size)
+
+
+if __name__ == "__main__":
+    main()
