@@ -31,22 +31,55 @@ class SetReleveEncoder(nn.Module):
 
     Each present species contributes its learned embedding scaled by its cover feature; a learned query
     attends over the present species only, so plots with very different species counts encode comparably.
+    With ``species_text`` (S, T) fixed text embeddings of the species (``encoders.species_text``), a species
+    token is a learned linear projection of its text embedding (plus, with ``species_residual``, a learned
+    per-species correction starting at zero); ``forward(cover, species_text=...)`` then encodes relevés over
+    another species list, species unseen in training included.
     """
 
     def __init__(self, n_species: int, out_dim: int, hidden: int = 256, heads: int = 4, dropout: float = 0.1,
-                 species_embeddings: torch.Tensor | None = None):
+                 species_embeddings: torch.Tensor | None = None, species_text: torch.Tensor | None = None,
+                 species_residual: bool = False):
         super().__init__()
-        self.species = nn.Embedding(n_species, hidden)
-        if species_embeddings is not None:
-            self.species.weight.data.copy_(species_embeddings)
+        self.species = self.text_proj = self.residual = None
+        if species_text is None:
+            self.species = nn.Embedding(n_species, hidden)
+            if species_embeddings is not None:
+                self.species.weight.data.copy_(species_embeddings)
+        else:
+            species_text = torch.as_tensor(species_text, dtype=torch.float32)
+            if species_text.ndim != 2 or species_text.shape[0] != n_species:
+                from ..errors import EcoalignInputError
+
+                raise EcoalignInputError(f"species text embeddings of shape {tuple(species_text.shape)}",
+                                         expected=f"({n_species} species, text dim)")
+            self.register_buffer("species_text", species_text)
+            self.text_proj = nn.Linear(species_text.shape[1], hidden)
+            if species_residual:
+                self.residual = nn.Embedding(n_species, hidden)
+                nn.init.zeros_(self.residual.weight)
         self.cover_proj = nn.Linear(1, hidden)
         self.query = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
         self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, out_dim))
 
-    def forward(self, cover_percent: torch.Tensor) -> torch.Tensor:
+    def species_tokens(self, species_text: torch.Tensor | None = None) -> torch.Tensor:
+        """(S, H) species tokens: learned, or projected text embeddings (of another species list if given)."""
+        if self.text_proj is None:
+            if species_text is not None:
+                from ..errors import EcoalignInputError
+
+                raise EcoalignInputError("this relevé encoder learned one embedding per training species",
+                                         expected="releve_encoder=organism_text to encode other species lists")
+            return self.species.weight
+        if species_text is not None:
+            return self.text_proj(torch.as_tensor(species_text, dtype=torch.float32))
+        tokens = self.text_proj(self.species_text)
+        return tokens + self.residual.weight if self.residual is not None else tokens
+
+    def forward(self, cover_percent: torch.Tensor, species_text: torch.Tensor | None = None) -> torch.Tensor:
         feats = cover_features(cover_percent)  # (B, S)
-        tokens = self.species.weight[None] + self.cover_proj(feats[..., None])  # (B, S, H)
+        tokens = self.species_tokens(species_text)[None] + self.cover_proj(feats[..., None])  # (B, S, H)
         absent = feats <= 0
         absent[absent.all(dim=1)] = False  # an empty relevé attends to everything rather than to nothing
         pooled, _ = self.attn(self.query.expand(feats.shape[0], -1, -1), tokens, tokens, key_padding_mask=absent)

@@ -145,6 +145,14 @@ def adapt(cfg, *, out: str | None = None, resume: str | bool | None = None) -> P
     adapter_cfg = c["adapter"]
     model_kwargs = {"proj_dim": adapter_cfg.get("proj_dim"), "adapter_mlp_hidden": int(adapter_cfg.get("mlp_hidden", 0)),
                     "releve_encoder": c["releve_encoder"], "loss": c["loss"]}
+    train_model_kwargs = model_kwargs
+    if c["releve_encoder"].get("organism_encoder"):  # species tokens from an organism CLIP model's text tower
+        from ..encoders.species_text import releve_species_text
+
+        releve_kwargs, report["releve_species_text"] = releve_species_text(c["releve_encoder"], manifest, species)
+        train_model_kwargs = {**model_kwargs, "releve_encoder": releve_kwargs}
+        _log(f"relevé species tokens from {c['releve_encoder']['organism_encoder']} text embeddings "
+             f"({report['releve_species_text']['with_taxonomy']} of {len(species)} species with taxonomy)")
     lam = float(c["loss"].get("anchor_weight", 1.0))
     variants = [("adapted", lam, True, "contrastive")]
     if tr_cfg.get("baselines", True):
@@ -154,7 +162,7 @@ def adapt(cfg, *, out: str | None = None, resume: str | bool | None = None) -> P
     train_kwargs = {k: tr_cfg[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "patience")}
     results = []
     for name, weight, train_adapter, objective in variants:
-        results.append(train_alignment(name, data, folder=run_dir / "variants" / name, model_kwargs=model_kwargs,
+        results.append(train_alignment(name, data, folder=run_dir / "variants" / name, model_kwargs=train_model_kwargs,
                                        anchor_weight=weight, train_adapter=train_adapter, seed=seed,
                                        objective=objective, progress=tr_cfg.get("progress", True), log=_log,
                                        **train_kwargs))

@@ -1,0 +1,97 @@
+"""Relevé species tokens from an organism CLIP text encoder (releve_encoder=organism_text) in adapt."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import conftest
+from ecoalign.encoders.organism import load_organism_encoder
+from ecoalign.encoders.releve import SetReleveEncoder
+from ecoalign.encoders.species_text import manifest_taxa, species_text_embeddings
+from ecoalign.errors import EcoalignInputError
+
+TABLE = pd.DataFrame([
+    {"species": "Quercus robur", "kingdom": "Plantae", "phylum": "Tracheophyta", "class": "Magnoliopsida",
+     "order": "Fagales", "family": "Fagaceae", "genus": "Quercus", "common_name": "pedunculate oak"},
+    {"species": "Quercus ilex", "kingdom": "Plantae", "phylum": "Tracheophyta", "class": "Magnoliopsida",
+     "order": "Fagales", "family": "Fagaceae", "genus": "Quercus", "common_name": "holm oak"},
+    {"species": "Pinus sylvestris", "kingdom": "Plantae", "phylum": "Tracheophyta", "class": "Pinopsida",
+     "order": "Pinales", "family": "Pinaceae", "genus": "Pinus", "common_name": "Scots pine"},
+    {"species": "Poa annua", "kingdom": "Plantae", "phylum": "Tracheophyta", "class": "Liliopsida",
+     "order": "Poales", "family": "Poaceae", "genus": "Poa", "common_name": "annual meadow-grass"},
+])
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("organism") / "tiny"
+    load_organism_encoder("open_clip:ecoalign-tiny-vit").save(folder)
+    return folder
+
+
+def test_species_text_tokens_and_unseen_species(tiny_dir, tmp_path):
+    TABLE.to_csv(tmp_path / "species.csv", index=False)
+    manifest = SimpleNamespace(species=SimpleNamespace(path=tmp_path / "species.csv"))
+    seen = ["Quercus robur", "Pinus sylvestris", "Poa annua", "Mystery plant"]
+    taxa, notes = manifest_taxa(manifest, seen)
+    assert [t is not None for t in taxa] == [True, True, True, False]
+    assert taxa[0].order == "Fagales" and any("by name only" in n for n in notes)
+    enc = load_organism_encoder(tiny_dir)
+    text = species_text_embeddings(enc, seen, taxa)
+    assert text.shape == (4, 64) and np.allclose(np.linalg.norm(text, axis=1), 1, atol=1e-5)
+
+    torch.manual_seed(0)
+    releve = SetReleveEncoder(4, 16, hidden=32, heads=2, dropout=0.0, species_text=torch.from_numpy(text)).eval()
+    with_residual = SetReleveEncoder(4, 16, hidden=32, heads=2, dropout=0.0, species_text=torch.from_numpy(text),
+                                     species_residual=True)
+    with_residual.load_state_dict(releve.state_dict(), strict=False)
+    assert torch.equal(with_residual.species_tokens(), releve.species_tokens())  # the correction starts at zero
+    cover = torch.tensor([[50.0, 0, 0, 0], [0, 30.0, 5.0, 0]])
+    assert releve(cover).shape == (2, 16)
+
+    # a relevé of a species never seen in training, encoded through its taxonomic text
+    unseen_taxa, _ = manifest_taxa(manifest, ["Quercus ilex"])
+    new_list = torch.from_numpy(np.vstack([species_text_embeddings(enc, ["Quercus ilex"], unseen_taxa), text[1:3]]))
+    with torch.no_grad():
+        z_unseen = releve(torch.tensor([[50.0, 0, 0]]), species_text=new_list)
+        z_oak, z_pine, z_grass = releve(torch.tensor([[50.0, 0, 0, 0], [0, 50.0, 0, 0], [0, 0, 50.0, 0]]))
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(z_unseen, z_oak[None]) > cos(z_unseen, z_pine[None])
+    assert cos(z_unseen, z_oak[None]) > cos(z_unseen, z_grass[None])
+
+    with pytest.raises(EcoalignInputError, match="species text embeddings of shape"):
+        SetReleveEncoder(5, 16, hidden=32, heads=2, species_text=torch.from_numpy(text))
+    with pytest.raises(EcoalignInputError, match="one embedding per training species"):
+        SetReleveEncoder(4, 16, hidden=32, heads=2)(cover, species_text=torch.from_numpy(text))
+
+
+@pytest.mark.slow
+def test_adapt_with_organism_text_releve_encoder(tiny_dir, tmp_path):
+    """adapt on a small generated world whose manifest has a species table (7 ranks + common names)."""
+    import ecoalign
+
+    manifest = conftest.generated_world_manifest(tmp_path, "text-world", n_plots=32, size_m=1000.0,
+                                                 resolution_m=4.0, seed=4)
+    body = yaml.safe_load(manifest.read_text())
+    body["species"] = {"path": "species.csv"}
+    manifest.write_text(yaml.safe_dump(body))
+    run = ecoalign.adapt([f"data.manifest={manifest}", "backbone.size=small", "trainer=quick", "trainer.epochs=3",
+                          "trainer.baselines=false", "data.augmentations=1", "data.block_size_m=250",
+                          "releve_encoder=organism_text", f"releve_encoder.organism_encoder={tiny_dir}",
+                          "releve_encoder.species_residual=true"], out=str(tmp_path / "run"))
+    report = json.loads((run / "report.json").read_text())
+    info = report["releve_species_text"]
+    assert info["organism_encoder"]["kind"] == "organism_clip" and info["text_type"] == "taxonomic"
+    assert info["species"] > 5 and info["with_taxonomy"] == info["species"]
+    saved = json.loads((run / "encoder" / "encoder.json").read_text())["releve_encoder"]
+    assert saved["organism_encoder"] == str(tiny_dir) and saved["kind"] == "attention"
+    state = torch.load(run / "encoder" / "releve_encoder.pt", weights_only=True)
+    assert state["species_text"].shape == (info["species"], 64) and "text_proj.weight" in state
+    assert 0.0 <= report["variants"][0]["test"]["image_to_releve_R@10"] <= 1.0
