@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import EcoalignInputError
+from ..taxonomy import RANKS
 
-RANK_COLUMNS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
 
 def manifest_taxa(manifest, species: Sequence[str]) -> tuple[list, list[str]]:
@@ -26,7 +26,7 @@ def manifest_taxa(manifest, species: Sequence[str]) -> tuple[list, list[str]]:
     table = pd.read_csv(manifest.species.path)
     if "species" not in table.columns:
         raise EcoalignInputError("species table without a 'species' column", path=manifest.species.path,
-                                 expected=f"columns {list(RANK_COLUMNS)} (+ common_name)")
+                                 expected=f"columns {list(RANKS)} (+ common_name)")
     rows = {str(r["species"]).strip(): r for r in table.to_dict("records")}
     taxa, notes = [], []
     for name in species:
@@ -34,7 +34,7 @@ def manifest_taxa(manifest, species: Sequence[str]) -> tuple[list, list[str]]:
         if row is None:
             taxa.append(None)
             continue
-        taxon, issues = Taxon.from_ranks({k: row.get(k) for k in RANK_COLUMNS}, common=row.get("common_name"))
+        taxon, issues = Taxon.from_ranks({k: row.get(k) for k in RANKS}, common=row.get("common_name"))
         taxa.append(taxon if taxon.depth else None)
         notes += [f"{name}: {i}" for i in issues]
     missing = [n for n, t in zip(species, taxa) if t is None]

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -25,7 +23,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import EcoalignInputError
-from ..io import write_json
+from ..io import atomic_dir, write_json
 from ..taxonomy import RANKS, TEXT_TYPES, Taxon, text
 
 IMAGE_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "file_name", "image", "image_path",
@@ -446,9 +444,7 @@ def _write_outputs(out: Path, tab: Table, taxa, sources, sha, splits, record, *,
     from .shards import sample_record, write_shards
     from .stats import write_report
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         rows = []
         total = sum(len(v) for v in splits.values())
         bar = tqdm(total=total, desc="[ecoalign] writing shards", disable=not progress, unit="img")
@@ -480,16 +476,6 @@ def _write_outputs(out: Path, tab: Table, taxa, sources, sha, splits, record, *,
         meta.to_parquet(tmp / "metadata.parquet", index=False)
         write_report(meta, tmp / "report", record)
         write_json(tmp / "curation.json", record)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _log_summary(record: dict, out: Path, log) -> None:

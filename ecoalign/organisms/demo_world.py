@@ -25,14 +25,14 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_dir
 from ..paths import cache_dir
+from ..taxonomy import RANKS
 
 WORLD_VERSION = 3
 KINGDOMS = ("Animalia", "Plantae", "Fungi", "Protozoa")
@@ -279,18 +279,8 @@ def generate_organism_world(root: str | os.PathLike | None = None, *, seed: int 
         if saved.get("params") == params:
             return _describe(root, saved)
         raise FileExistsError(f"{root} holds an organism world with other parameters; pass overwrite=True")
-    if root.exists() and overwrite:
-        shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with atomic_dir(root) as tmp:  # replaces an old world (overwrite) or a previous partial run
         saved = _write_world(tmp, params)
-        if root.exists():  # a previous partial run
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return _describe(root, saved)
 
 
@@ -339,8 +329,7 @@ def _write_world(out: Path, params: dict) -> dict:
         for i in range(n_images):
             name = f"sp{si:04d}_{i:02d}.jpg"
             draw_organism(t, rng, px).save(out / "images" / name, quality=92)
-            rows.append({"path": f"images/{name}", **{r: sp[r] for r in
-                         ("kingdom", "phylum", "class", "order", "family", "genus", "species")},
+            rows.append({"path": f"images/{name}", **{r: sp[r] for r in RANKS},
                          "common_name": common})
     pd.DataFrame(rows).to_csv(out / "metadata.csv", index=False)
     (out / "heldout_species.txt").write_text("\n".join(sorted(heldout)) + "\n")
