@@ -77,25 +77,24 @@ class OrganismEncoder:
 
     def embed(self, images, batch_size: int = 64) -> np.ndarray:
         """(N, D) image embeddings of PIL images, image paths, or an already preprocessed tensor."""
-        import torch
-
-        out = []
-        with torch.inference_mode():
-            for s in range(0, len(images), batch_size):
-                x = self.image_tensor(images[s:s + batch_size]).to(self.device)
-                out.append(self.model.encode_image(x, normalize=True).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+        return self._batched(images, batch_size,
+                             lambda chunk: self.model.encode_image(self.image_tensor(chunk).to(self.device),
+                                                                   normalize=True))
 
     def embed_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(N, D) text embeddings (e.g. captions of taxa)."""
+        return self._batched(list(texts), batch_size,
+                             lambda chunk: self.model.encode_text(self.tokenizer(chunk).to(self.device),
+                                                                  normalize=True))
+
+    def _batched(self, items, batch_size: int, encode) -> np.ndarray:
+        """(N, D) float32 rows of ``encode`` applied to consecutive chunks, without autograd."""
         import torch
 
-        texts = list(texts)
         out = []
         with torch.inference_mode():
-            for s in range(0, len(texts), batch_size):
-                tokens = self.tokenizer(texts[s:s + batch_size]).to(self.device)
-                out.append(self.model.encode_text(tokens, normalize=True).float().cpu().numpy())
+            for s in range(0, len(items), batch_size):
+                out.append(encode(items[s:s + batch_size]).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 
     def identity(self) -> dict:
