@@ -112,7 +112,9 @@ def _sites_args(p) -> None:
     p.add_argument("--id-column", default="plot_id")
     p.add_argument("--crs", help="CRS of a CSV sites table")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-jobs", type=int, default=-1, help="parallel species fits (default: all cores)")
+    p.add_argument("--n-jobs", type=int, default=-1,
+                   help="threads for the whole fit: species in parallel or one estimator's threads, never both "
+                        "(default -1: the cores available to this process)")
 
 
 def _load_sites(args, spec, embeddings=None):
@@ -236,7 +238,12 @@ def _spec_from_meta(meta, targets, id_column, known):
     raw = dict(meta["spec"])
     task = "abundance" if raw["task"] == "abundance" else "presence_absence"
     raw.update(task=task, target={"source": str(targets), "id_column": id_column, "columns": known})
-    if task == "presence_absence":
+    features = dict(raw.get("features") or {})
+    if features.get("covariates") == "all":  # the columns the bundle was fitted on, not a new guess
+        rasters = {r.get("name", Path(r["path"]).stem) for r in features.get("rasters") or []}
+        features["covariates"] = [c for c in meta["features"] if not c.startswith("emb_") and c not in rasters]
+    raw["features"] = features
+    if task == "presence_absence" and not meta.get("reference_scores"):
         raw["metrics"] = [m for m in raw["metrics"] if m != "boyce"] or ["auc"]
     return spec_from_dict(raw, targets)
 

@@ -176,7 +176,7 @@ def test_micro_and_macro_differ_on_an_imbalanced_example_computed_by_hand():
     s_a = np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.1, 0.2, 0.3, 0.4, 0.45])
     y_b = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0])
     s_b = np.array([9.0, 8.0, 7.0, 6.0, 4.0, 3.0, 2.0, 1.0, 1.5, 0.5])
-    table = evaluate_presence(np.c_[y_a, y_b], np.c_[s_a, s_b], [0.5, 5.0], ["A", "B"], n_boot=0)
+    table = evaluate_presence(np.c_[y_a, y_b], np.c_[s_a, s_b], [0.5, 5.0], ["A", "B"], n_boot=0, min_presences=1)
     expected = {("A", "sensitivity"): 1.0, ("A", "tss"): 1.0, ("A", "f1"): 1.0,
                 ("B", "sensitivity"): 0.5, ("B", "tss"): 0.5, ("B", "f1"): 2 / 3, ("B", "specificity"): 1.0,
                 ("macro", "sensitivity"): 0.75, ("macro", "tss"): 0.75, ("macro", "f1"): 5 / 6,

@@ -22,11 +22,13 @@ from ..errors import EcoalignInputError
 
 __all__ = [
     "PRESENCE_METRICS", "ABUNDANCE_METRICS",
-    "auc", "max_tss_threshold", "confusion_metrics", "boyce_index", "mae", "rmse", "spearman",
+    "auc", "max_tss_threshold", "threshold_rules", "THRESHOLD_RULES", "confusion_metrics", "boyce_index", "mae", "rmse", "spearman",
     "bootstrap_ci", "evaluate_presence", "evaluate_abundance",
 ]
 
 PRESENCE_METRICS = ("auc", "tss", "f1", "sensitivity", "specificity")
+THRESHOLD_RULES = ("max_tss", "equal_sens_spec", "p10_presence")
+MIN_TEST_PRESENCES = 5  # species with fewer presences are reported per species but left out of the macro mean
 ABUNDANCE_METRICS = ("mae", "rmse", "spearman")
 _NAN = float("nan")
 
@@ -176,6 +178,29 @@ def confusion_metrics(y, score, threshold: float) -> dict[str, float]:
     return _confusion(y, s >= threshold)
 
 
+def threshold_rules(y, score) -> dict[str, float]:
+    """The usual presence thresholds from (out-of-fold) predictions: ``max_tss`` (Allouche et al. 2006),
+    ``equal_sens_spec`` (sensitivity closest to specificity; Liu et al. 2005) and ``p10_presence`` (the score
+    90 % of the presences reach). NaN where a class is missing."""
+    y = _binary(y, "y")
+    s = _finite(score, "score")
+    _same_length(y, s, "y", "score")
+    n1 = int(y.sum())
+    n0 = y.size - n1
+    if n1 == 0 or n0 == 0:
+        return dict.fromkeys(THRESHOLD_RULES, _NAN)
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    sens = np.cumsum(y_sorted)[last] / n1
+    spec = 1.0 - np.cumsum(~y_sorted)[last] / n0
+    cand = s_sorted[last]
+    gap = np.abs(sens - spec)
+    return {"max_tss": max_tss_threshold(y, s),
+            "equal_sens_spec": float(cand[np.flatnonzero(gap <= gap.min() + 1e-12)[-1]]),
+            "p10_presence": float(np.quantile(s[y], 0.1, method="lower"))}
+
+
 def boyce_index(score_at_presences, score_background, n_windows: int = 101, window_width: float | None = None) -> float:
     """Continuous Boyce index (Hirzel et al. 2006): Spearman rho between moving-window P/E ratios and window midpoints; NaN if undefined.
 
@@ -267,8 +292,25 @@ def _bootstrap_table(table_fn: Callable[..., np.ndarray], arrays: Sequence[np.nd
     low = np.full(estimate.shape, _NAN)
     high = np.full(estimate.shape, _NAN)
     for cell in np.ndindex(estimate.shape):
-        low[cell], high[cell] = _percentiles(boots[(slice(None),) + cell], alpha)
+        low[cell], high[cell] = _bias_corrected(boots[(slice(None),) + cell], estimate[cell], alpha)
     return estimate, low, high
+
+
+def _bias_corrected(values: np.ndarray, estimate: float, alpha: float) -> tuple[float, float]:
+    """Bias-corrected percentile interval (Efron 1982): the percentiles shift by how far the bootstrap
+    distribution's median sits from the estimate. Resampled sites duplicate scores, which biases rank metrics
+    such as Boyce downwards; a plain percentile interval can then miss its own estimate. In the rare case the
+    whole bootstrap distribution lies on one side, the interval is widened to reach the estimate."""
+    values = values[np.isfinite(values)]
+    if values.size == 0 or not np.isfinite(estimate):
+        return _NAN, _NAN
+    below = (np.count_nonzero(values < estimate) + 0.5 * np.count_nonzero(values == estimate)) / values.size
+    below = min(max(below, 0.5 / values.size), 1.0 - 0.5 / values.size)
+    z0 = stats.norm.ppf(below)
+    za = stats.norm.ppf(alpha / 2.0)
+    q_lo, q_hi = stats.norm.cdf(2 * z0 + za), stats.norm.cdf(2 * z0 - za)
+    lo, hi = np.quantile(values, [q_lo, q_hi])
+    return float(min(lo, estimate)), float(max(hi, estimate))
 
 
 # ------------------------------------------------------------------------------------------ tidy evaluation
@@ -338,7 +380,7 @@ def _rows(names: list[str], metrics: Sequence[str], est, low, high, counts: dict
 
 def evaluate_presence(y_true, scores, thresholds, species_names: Sequence[str] | None = None, n_boot: int = 200,
                       seed: int | None = 0, *, alpha: float = 0.05, background_scores=None,
-                      boyce: bool = True) -> pd.DataFrame:
+                      boyce: bool = True, min_presences: int = MIN_TEST_PRESENCES) -> pd.DataFrame:
     """Tidy table of auc, tss, f1, sensitivity, specificity (+ boyce) per species, micro (pooled) and macro (mean), with bootstrap CIs.
 
     ``y_true``/``scores``: (n_sites,) or (n_sites, n_species) 0/1 labels and model scores (DataFrames lend their
@@ -346,8 +388,10 @@ def evaluate_presence(y_true, scores, thresholds, species_names: Sequence[str] |
     ``max_tss_threshold``; NaN gives NaN threshold metrics for that species. Boyce compares scores at presences with
     ``background_scores`` ((m, n_species), resampled independently) when given, else with all of ``scores``
     (presence-only convention); ``boyce=False`` leaves it out. ``micro`` pools every (site, species) pair, each
-    species binarised at its own threshold; ``macro`` is the mean over species with a defined value. Columns:
-    species, metric, value, ci_low, ci_high, n, n_presences, n_absences; intervals resample sites (``n_boot=0``: none).
+    species binarised at its own threshold; ``macro`` is the mean over species with a defined value and at least
+    ``min_presences`` presences (others keep their own row, with a ``note`` saying why they are not averaged).
+    Columns: species, metric, value, ci_low, ci_high, n, n_presences, n_absences, note; bias-corrected bootstrap
+    intervals resample sites (and the background independently); ``n_boot=0``: none.
     """
     Y, P, names = _paired(y_true, scores, species_names, "scores", "species")
     n, k = Y.shape
@@ -392,16 +436,22 @@ def evaluate_presence(y_true, scores, thresholds, species_names: Sequence[str] |
             out[k, 1:5] = (c["tss"], c["f1"], c["sensitivity"], c["specificity"])
         if boyce:
             out[k, 5] = _boyce(Pb[yb], Pb[ok] if Bb is None else Bb.ravel(), 101, None)
-        per = out[:k]
+        per = out[:k][enough]
         defined = np.isfinite(per).sum(axis=0)
         out[k + 1] = np.where(defined > 0, np.nansum(per, axis=0) / np.maximum(defined, 1), _NAN)
         return out
 
-    est, low, high = _bootstrap_table(table, (Y, P), B, n_boot, alpha, seed)
     used = ~np.isnan(Y)
-    n_pres = np.r_[np.nansum(Y, axis=0), np.nansum(Y), np.nansum(Y)].astype(int)
+    species_pres = np.nansum(Y, axis=0).astype(int)
+    enough = species_pres >= int(min_presences)
+    est, low, high = _bootstrap_table(table, (Y, P), B, n_boot, alpha, seed)
+    n_pres = np.r_[species_pres, np.nansum(Y), np.nansum(Y)].astype(int)
     n_all = np.r_[used.sum(axis=0), used.sum(), used.sum()]
-    return _rows(names, metrics, est, low, high, {"n": n_all, "n_presences": n_pres, "n_absences": n_all - n_pres})
+    rows = _rows(names, metrics, est, low, high, {"n": n_all, "n_presences": n_pres, "n_absences": n_all - n_pres})
+    few = {names[j] for j in np.flatnonzero(~enough)}
+    rows["note"] = np.where(rows["species"].isin(few),
+                            f"fewer than {int(min_presences)} presences: not in the macro mean", "")
+    return rows
 
 
 def evaluate_abundance(y_true, pred, names: Sequence[str] | None = None, n_boot: int = 200, seed: int | None = 0, *,

@@ -12,8 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import logging
+
 from ..errors import EcoalignInputError
+from .categorical import level_names
 from .spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,11 +136,32 @@ def _records_to_targets(records: pd.DataFrame, t: dict, sites, path: Path) -> pd
     return pd.DataFrame(out, index=sites.index)
 
 
+def _check_coordinates(gdf, what: str) -> None:
+    """Coordinates that cannot be in the declared CRS (degrees beyond +-180/90, or metres under a geographic
+    CRS; all values within +-180/90 under a projected one) are refused before anything is fitted."""
+    if gdf.crs is None or not len(gdf):
+        return
+    xs, ys = gdf.geometry.x.to_numpy(), gdf.geometry.y.to_numpy()
+    if gdf.crs.is_geographic and (np.abs(xs).max() > 180 or np.abs(ys).max() > 90):
+        raise EcoalignInputError(f"{what}: coordinates up to x={np.abs(xs).max():.0f}, y={np.abs(ys).max():.0f} "
+                                 f"cannot be longitude/latitude degrees in the declared {gdf.crs.to_string()}",
+                                 expected="--crs naming the CRS the x/y columns are really in (e.g. a projected "
+                                          "EPSG code in metres)")
+    if not gdf.crs.is_geographic and np.abs(xs).max() <= 180 and np.abs(ys).max() <= 90 and len(gdf) > 1:
+        raise EcoalignInputError(f"{what}: every coordinate lies within +-180/+-90, which looks like longitude/latitude "
+                                 f"degrees, but the declared CRS {gdf.crs.to_string()} is projected",
+                                 expected="--crs EPSG:4326 (or the CRS the x/y columns are really in)")
+
+
 def presence_background_points(records, background, spec: ModelSpec):
     """Presence-only records + background points as one site table (MaxEnt-style data).
 
-    Per species: its records are presences (1), background points are 0, other species' records are NaN
-    (not used for it). Both tables carry the same covariate columns (or get raster values later).
+    Per species: its records are presences (1) and background points are 0. Other species' records are 0 too
+    with ``target.background: target_group`` (the default: they sample the same observers' effort, the bias
+    correction of Phillips et al. 2009), except where they share the species' own record location; with
+    ``random`` they are NaN (not used for that species). Records outside the background's extent are dropped
+    and counted. Both tables carry the same covariate columns (or get raster values later).
+    Returns (sites GeoDataFrame, targets DataFrame, dropped {reason: ids}).
     """
     import geopandas as gpd
 
@@ -143,21 +169,88 @@ def presence_background_points(records, background, spec: ModelSpec):
     if sp not in records.columns:
         raise EcoalignInputError(f"column '{sp}' (species) not found in the presence records",
                                  expected=f"one of {list(records.columns)[:15]}")
+    _check_coordinates(records, "presence records")
+    _check_coordinates(background, "background points")
     if background.crs != records.crs:
         background = background.to_crs(records.crs)
     rec = records.reset_index(drop=True)
+    if rec[sp].isna().any():
+        raise EcoalignInputError(f"{int(rec[sp].isna().sum())} presence record(s) without a species "
+                                 f"(first at row {int(np.flatnonzero(rec[sp].isna())[0])})", where=sp,
+                                 expected="a species name on every record")
+    bx, by = background.geometry.x.to_numpy(), background.geometry.y.to_numpy()
+    rx, ry = rec.geometry.x.to_numpy(), rec.geometry.y.to_numpy()
+    pad_x, pad_y = 0.01 * np.ptp(bx), 0.01 * np.ptp(by)
+    outside = (rx < bx.min() - pad_x) | (rx > bx.max() + pad_x) | (ry < by.min() - pad_y) | (ry > by.max() + pad_y)
+    dropped: dict[str, list[str]] = {}
+    if outside.all():
+        raise EcoalignInputError(f"none of the {len(rec)} presence records lies within the background's extent "
+                                 f"(x {bx.min():.6g}..{bx.max():.6g}, y {by.min():.6g}..{by.max():.6g})",
+                                 expected="records and background in the same region and CRS")
+    if outside.any():
+        dropped["outside_background_extent"] = [f"presence_{i}" for i in np.flatnonzero(outside)]
+        log.warning("%d presence record(s) lie outside the background's extent and are dropped", int(outside.sum()))
     ids = [f"presence_{i}" for i in range(len(rec))] + [f"background_{i}" for i in range(len(background))]
     cols = [c for c in rec.columns if c in background.columns and c not in (sp, "geometry", "plot_id")]
     sites = gpd.GeoDataFrame(pd.concat([rec[cols], background.reset_index(drop=True)[cols]], ignore_index=True),
                              geometry=list(rec.geometry) + list(background.geometry), crs=records.crs)
     sites["plot_id"] = ids
+    sites.attrs["presence_rows"] = len(rec)
+    target_group = spec.target.get("background", "target_group") == "target_group"
+    keys = pd.Series(list(zip(np.round(rx, 6), np.round(ry, 6))))
     targets = {}
     for name, idx in rec.groupby(sp).groups.items():
+        idx = np.asarray(list(idx))
         col = np.full(len(ids), np.nan)
-        col[np.asarray(list(idx))] = 1.0
+        if target_group:
+            col[:len(rec)] = 0.0
+            col[np.flatnonzero(keys.isin(set(keys.iloc[idx])).to_numpy())] = np.nan  # other records at its sites
+        col[idx] = 1.0
         col[len(rec):] = 0.0
+        col[np.flatnonzero(outside)] = np.nan
         targets[str(name)] = col
-    return sites, pd.DataFrame(targets, index=pd.Index(ids))
+    return sites, pd.DataFrame(targets, index=pd.Index(ids)), dropped
+
+
+def _all_covariates(table: pd.DataFrame, spec: ModelSpec, id_col: str) -> list[str]:
+    """``covariates: all``: every column but ids, coordinates, geometry and targets; non-numeric columns that
+    are not declared categorical are left out with a warning, and so are columns that separate presence
+    records from background perfectly (an id or a label, e.g. ``occ`` or ``siteid``, not an environment)."""
+    from ..data.plots import X_NAMES, Y_NAMES
+
+    skip = {id_col, "geometry", "plot_id", spec.target.get("species_column", "species"),
+            spec.target.get("x_column", "x"), spec.target.get("y_column", "y")}
+    skip |= {c for c in table.columns if str(c).lower() in X_NAMES + Y_NAMES}
+    cats = set(spec.features.get("categorical") or [])
+    cols, left_out = [], {}
+    n_pres = table.attrs.get("presence_rows")
+    for c in table.columns:
+        if c in skip:
+            continue
+        if c not in cats and not pd.api.types.is_numeric_dtype(table[c]):
+            left_out[c] = "not numeric and not declared in features.categorical"
+            continue
+        if n_pres:
+            a, b = table[c].iloc[:n_pres].dropna(), table[c].iloc[n_pres:].dropna()
+            if len(a) and len(b) and not set(a.unique()) & set(b.unique()) and (
+                    a.max() < b.min() or b.max() < a.min() if pd.api.types.is_numeric_dtype(table[c]) else True):
+                left_out[c] = "separates presence records from background perfectly (an id or label?)"
+                continue
+        cols.append(c)
+    for c, why in left_out.items():
+        log.warning("covariates: all leaves out column %r: %s", c, why)
+    if not cols:
+        raise EcoalignInputError(f"covariates: all found no usable column (left out: {left_out})",
+                                 where="features.covariates", expected="numeric or declared categorical columns")
+    log.info("covariates: all -> %s", cols)
+    return cols
+
+
+def points_table(gdf, points):
+    """The sites' own columns, with the presence-row count that ``covariates: all`` checks labels against."""
+    if points is not None and "presence_rows" in getattr(points, "attrs", {}):
+        gdf.attrs["presence_rows"] = points.attrs["presence_rows"]
+    return gdf
 
 
 def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd.DataFrame | None = None,
@@ -170,12 +263,15 @@ def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd
     from ..embedding import embedding_columns, read_embeddings
 
     targets = None
+    dropped: dict[str, list[str]] = {}
     if background is not None:
         if points is None:
             raise EcoalignInputError("background points need presence records", expected="--points RECORDS --background BG")
-        points, targets = presence_background_points(points, background, spec)
+        points, targets, dropped = presence_background_points(points, background, spec)
         id_column = "plot_id"
-    dropped: dict[str, list[str]] = {}
+    elif spec.task == "presence_only" and "source" not in spec.target:
+        raise EcoalignInputError("a presence-only spec without target.source needs background points",
+                                 expected="--background BG (with --points RECORDS), or target.source in the spec")
     feature_source: dict[str, Any] = {}
     if embeddings is not None:
         gdf = read_embeddings(embeddings) if isinstance(embeddings, (str, Path)) else embeddings
@@ -200,14 +296,30 @@ def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd
             raise EcoalignInputError("the spec uses embeddings but the site table has no emb_* columns",
                                      expected="a table written by `ecoalign embed`, or features.embeddings: false")
         feats.append(gdf[cols])
+    categorical = list(spec.features.get("categorical") or [])
     if spec.features["covariates"]:
         table = gdf if covariates is None else covariates.set_index(covariates[id_col].astype(str))
-        missing = [c for c in spec.features["covariates"] if c not in table.columns]
+        names = spec.features["covariates"]
+        if names == "all":
+            names = _all_covariates(table if covariates is not None else points_table(gdf, points), spec, id_col)
+        missing = [c for c in names if c not in table.columns]
         if missing:
-            raise EcoalignInputError(f"covariate columns {missing} not found",
-                                     expected=f"columns of the covariate table: {list(table.columns)[:15]}")
-        cov = table.reindex(gdf.index)[spec.features["covariates"]]
-        cov = pd.get_dummies(cov, dtype=float)  # categorical covariates as indicators
+            where = "background points" if background is not None else "covariate table"
+            raise EcoalignInputError(f"covariate columns {missing} not found in the {where}",
+                                     expected=f"columns of the {where}: {list(table.columns)[:15]}")
+        unknown_cats = [c for c in categorical if c not in names]
+        if unknown_cats:
+            raise EcoalignInputError(f"categorical column(s) {unknown_cats} are not covariates of the sites",
+                                     where="features.categorical", expected=f"names among {list(names)[:15]}")
+        cov = table.reindex(gdf.index)[list(names)].copy()
+        for c in cov.columns:
+            if c in categorical:
+                cov[c] = pd.Series(level_names(cov[c].to_numpy()), index=cov.index, dtype=object)
+            elif not pd.api.types.is_numeric_dtype(cov[c]):
+                raise EcoalignInputError(f"covariate column {c!r} is not numeric (dtype {cov[c].dtype}, e.g. "
+                                         f"{cov[c].dropna().iloc[0] if cov[c].notna().any() else None!r})",
+                                         where="features", expected="numbers, or the column listed in "
+                                                                    "features.categorical")
         no_row = cov.isna().all(axis=1)
         dropped.update({"no_covariates": list(gdf.index[no_row])} if no_row.any() else {})
         feats.append(cov)
@@ -230,11 +342,12 @@ def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd
                                  f"targets: {list(targets.index[:3])})", expected="the same ids in both tables")
     if no_target.any():
         dropped["no_target"] = list(gdf.index[no_target])
-    nan_features = X.isna().any(axis=1).to_numpy() & ~no_target
+    numeric = X.drop(columns=[c for c in categorical if c in X.columns])  # a missing level is a level, not NaN
+    nan_features = numeric.isna().any(axis=1).to_numpy() & ~no_target
     if nan_features.any():  # reported, never imputed behind the user's back
         dropped.setdefault("nan_features", [])
         dropped["nan_features"] += [i for i in gdf.index[nan_features] if i not in set(sum(dropped.values(), []))]
-    keep = ~no_target & ~X.isna().any(axis=1).to_numpy()
+    keep = ~no_target & ~numeric.isna().any(axis=1).to_numpy()
     for reason, ids in list(dropped.items()):
         dropped[reason] = [i for i in ids if i in set(gdf.index)]
     Y = targets.reindex(gdf.index[keep]).astype(float)

@@ -1,0 +1,164 @@
+"""Presence-only species models on the real NCEAS/disdat benchmark, side by side with the reference methods.
+
+Protocol of ``../shared/data/occurrences/disdat_dev/README.md`` (Elith et al. 2020): per region (and AWT per
+group) every species is fitted on its presence-only records against the region's 10,000 background points
+with all predictor columns (``covariates: all``; NZ's ``age`` and ``toxicats`` declared categorical), through
+``ecoalign fit`` and ``ecoalign evaluate`` run in this process exactly as a user runs them, and scored on the
+independent presence/absence survey sites of its group:
+
+- AUC; TSS at the bundle's own stored threshold (out-of-fold max-TSS) and at the test-optimal threshold
+  (optimistic, as the reference's ``tss_max``); Boyce of the test presences against the background
+  (the bundle's scores at its background sample);
+- CPU seconds of fit (including its cross-validation) + predict, from ``time.process_time`` (all threads).
+
+Nothing is tuned on the test files: the default (``estimator: ensemble``) and every setting it uses were fixed
+before the test sites were scored, and member selection happens on spatial CV of the training records only.
+
+    python benchmarks/bench_sdm_disdat.py                         # default ensemble + each estimator
+    python benchmarks/bench_sdm_disdat.py --methods ensemble      # just the default
+    python benchmarks/bench_sdm_disdat.py --data DIR --regions CAN,NSW,SWI   # other disdat regions, same layout
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "occurrences" / "disdat_dev"
+CRS = {"AWT": "EPSG:28355", "NZ": "EPSG:27200", "SA": "EPSG:4326", "CAN": "EPSG:4326", "NSW": "EPSG:4326",
+       "SWI": "EPSG:21781"}
+CATEGORICAL = {"NZ": ["age", "toxicats"], "NSW": ["vegsys"], "CAN": ["ontveg"], "SWI": ["calc"]}
+METHODS = {  # name -> estimator block of the spec (ecoalign's defaults otherwise)
+    "ensemble": {"name": "ensemble"},
+    "rf_down": {"name": "rf_down"},
+    "deep_maxent": {"name": "deep_maxent"},
+    "lightgbm_balanced": {"name": "lightgbm", "params": {"n_estimators": 300, "learning_rate": 0.03, "num_leaves": 15,
+                                                         "min_child_samples": 5, "subsample": 0.8, "subsample_freq": 1,
+                                                         "colsample_bytree": 0.8}},
+    "maxent": {"name": "maxent"},
+}
+
+
+def tasks(data: Path, regions: list[str]):
+    """(region, group, presences, background, test table) per region/group, from the disdat CSV layout."""
+    for region in regions:
+        po, bg = pd.read_csv(data / f"{region}train_po.csv"), pd.read_csv(data / f"{region}train_bg.csv")
+        groups = sorted(po["group"].dropna().unique())
+        for group in groups:
+            sfx = f"_{group}" if (data / f"{region}test_pa_{group}.csv").exists() else ""
+            env, pa = pd.read_csv(data / f"{region}test_env{sfx}.csv"), pd.read_csv(data / f"{region}test_pa{sfx}.csv")
+            pa = pa[pa["group"] == group] if len(groups) > 1 and not sfx else pa
+            test = env.merge(pa.drop(columns=["group", "x", "y"]), on="siteid")
+            yield region, group, po[po["group"] == group], bg, test
+
+
+def run(method: str, region, group, po, bg, test, folder: Path) -> pd.DataFrame:
+    from ecoalign.cli import main
+    from ecoalign.downstream.fitting import load_bundle
+    from ecoalign.downstream.metrics import max_tss_threshold, confusion_metrics
+
+    tag = f"{region}_{group}_{method}"
+    (folder / f"{tag}_po.csv").write_text(po.to_csv(index=False))
+    (folder / f"{tag}_bg.csv").write_text(bg.to_csv(index=False))
+    test_csv = folder / f"{tag}_test.csv"
+    test.to_csv(test_csv, index=False)
+    spec = {"name": f"disdat_{tag}", "task": "presence_only",
+            "target": {"species_column": "spid", "min_presences": 2},
+            "features": {"embeddings": False, "covariates": "all", "categorical": CATEGORICAL.get(region, [])},
+            "estimator": METHODS[method], "cv": {"scheme": "spatial_block", "folds": 3},
+            "metrics": ["auc", "boyce", "tss", "sensitivity", "specificity"], "bootstrap": 0}
+    (folder / f"{tag}.yaml").write_text(yaml.safe_dump(spec))
+    bundle = folder / f"{tag}_bundle"
+    t0 = time.process_time()
+    quiet = contextlib.redirect_stdout(io.StringIO())  # the verbs' own summaries; the table below says it all
+    with quiet:
+        rc = main(["fit", str(folder / f"{tag}.yaml"), "--points", str(folder / f"{tag}_po.csv"), "--background",
+                   str(folder / f"{tag}_bg.csv"), "--crs", CRS[region], "--out", str(bundle), "--overwrite"])
+    fit_cpu = time.process_time() - t0
+    if rc:
+        raise SystemExit(f"ecoalign fit failed for {tag}")
+    model, meta = load_bundle(bundle)
+    species = [s for s in model[-1].species_ if s in test.columns and test[s].nunique() == 2]
+    t1 = time.process_time()
+    pred = pd.DataFrame(model.predict_proba(test[meta["features"]]), columns=model[-1].species_)[species]
+    predict_cpu = time.process_time() - t1
+    out_csv = folder / f"{tag}_eval.csv"
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["evaluate", str(bundle), "--points", str(test_csv), "--crs", CRS[region], "--id-column",
+                   "siteid", "--out", str(out_csv)])
+    if rc:
+        raise SystemExit(f"ecoalign evaluate failed for {tag}")
+    ev = pd.read_csv(out_csv).pivot_table(index="species", columns="metric", values="value")
+    rows = []
+    for s in species:
+        y = test[s].to_numpy() > 0
+        opt = confusion_metrics(y, pred[s].to_numpy(), max_tss_threshold(y, pred[s].to_numpy()))["tss"]
+        rows.append({"region": region, "group": group, "species": s, "method": method,
+                     "n_train_pres": int((po["spid"] == s).sum()), "auc": ev.loc[s, "auc"],
+                     "boyce": ev.loc[s, "boyce"], "tss_stored": ev.loc[s, "tss"], "tss_max": opt,
+                     "threshold": meta["thresholds"][s]})
+    table = pd.DataFrame(rows)
+    table["cpu_s"] = (fit_cpu + predict_cpu) / max(len(table), 1)  # spread over the species, summed later
+    return table
+
+
+def report(ours: pd.DataFrame, ref: pd.DataFrame) -> str:
+    ref = ref.rename(columns={"fit_predict_s": "cpu_s", "tss_max": "tss_max"}).assign(tss_stored=np.nan)
+    allr = pd.concat([ours, ref[ref["species"].isin(ours["species"])]], ignore_index=True)
+    allr["small"] = allr["n_train_pres"] <= 20
+    rows = []
+    for method, g in allr.groupby("method"):
+        row = {"method": method, "species": g["species"].nunique()}
+        for region, gr in g.groupby("region"):
+            row[f"AUC {region}"] = gr["auc"].mean()
+        row["AUC all"] = g["auc"].mean()
+        row["AUC <=20 pres"] = g.loc[g["small"], "auc"].mean()
+        row["AUC >20 pres"] = g.loc[~g["small"], "auc"].mean()
+        row["Boyce"] = g["boyce"].mean()
+        row["TSS stored thr"] = g["tss_stored"].mean()
+        row["TSS test-optimal"] = g["tss_max"].mean()
+        row["CPU s"] = g["cpu_s"].sum()
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values("AUC all", ascending=False)
+    return table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--regions", default="AWT,NZ,SA")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
+    ap.add_argument("--out", type=Path, help="CSV of the per-species results")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    regions = a.regions.split(",")
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in a.methods.split(","):
+            for region, group, po, bg, test in tasks(a.data, regions):
+                t = run(method, region, group, po, bg, test, Path(tmp))
+                parts.append(t)
+                print(f"{method:18s} {region}/{group}: {len(t)} species, mean AUC {t['auc'].mean():.3f}, "
+                      f"CPU {t['cpu_s'].sum():.1f} s", flush=True)
+    ours = pd.concat(parts, ignore_index=True)
+    if a.out:
+        ours.to_csv(a.out, index=False)
+    ref_path = a.data / "reference_results.csv"
+    ref = pd.read_csv(ref_path) if ref_path.exists() else ours.iloc[:0]
+    ref = ref[ref["region"].isin(regions)]
+    print()
+    print("Mean over species (reference methods: disdat_dev/reference_results.csv, same protocol; "
+          "'TSS stored thr' = at the bundle's own out-of-fold max-TSS threshold)")
+    print(report(ours, ref))
+
+
+if __name__ == "__main__":
+    main()
