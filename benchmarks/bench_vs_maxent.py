@@ -8,7 +8,7 @@ Both tools fit one model per species on PO + BG and are scored by AUC on the PA 
 `--bryce` builds such files from the real Bryce Canyon plots in ../shared/data (PO = presence plots of the
 southern 70 %, BG = all southern plots, PA = the northern 30 %), for a run on this machine.
 
-    pip install elapid   # the MaxEnt reference, not an ecoalign dependency
+    (elapid, the MaxEnt reference, is an ecoalign dependency)
     python benchmarks/bench_vs_maxent.py --bryce
     python benchmarks/bench_vs_maxent.py --po po.csv --bg bg.csv --pa pa.csv --crs EPSG:xxxx --covariates a,b,c
 """

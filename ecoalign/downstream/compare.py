@@ -56,8 +56,8 @@ def _markdown(spec, allm: pd.DataFrame) -> str:
             r = g[g["metric"] == m]
             cells.append("" if r.empty else f"{r.value.iloc[0]:.3f} [{r.ci_low.iloc[0]:.3f}, {r.ci_high.iloc[0]:.3f}]")
         lines.append(f"| {enc} | {agg} | " + " | ".join(cells) + " |")
-    lines += ["", "Values with bootstrap 95% intervals over sites. Thresholds (TSS, F1, sensitivity, specificity) are "
-              "the max-TSS thresholds chosen on the training folds.", ""]
+    lines += ["", "Values with bias-corrected bootstrap 95% intervals over sites. Thresholds (TSS, F1, sensitivity, "
+              "specificity) are the max-TSS thresholds chosen on the out-of-fold predictions.", ""]
     if allm["random_weights"].fillna(False).any():
         lines.append("NOTE: some encoders ran on RANDOM backbone weights.")
     return "\n".join(lines)

@@ -238,7 +238,7 @@ def score_predictions(spec: ModelSpec, Y: pd.DataFrame, pred: pd.DataFrame, thre
 def fit_bundle(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int = 0, n_jobs=-1,
                overwrite: bool = False, progress: bool = True) -> Path:
     """Cross-validate, refit on all sites, and save the bundle `ecoalign evaluate` and `ecoalign map` load."""
-    import joblib
+    import pickle
 
     out = Path(out)
     if (out / "bundle.json").exists() and not overwrite:
@@ -259,8 +259,9 @@ def fit_bundle(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int 
             rows = np.sort(np.random.default_rng(seed).choice(rows, REFERENCE_ROWS, replace=False))
         reference = np.asarray(model.predict_proba(sites.X.iloc[rows]), dtype=np.float32)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.joblib") as tmp:
-        joblib.dump(model, tmp)
+    with atomic_path(out / "model.joblib") as tmp:  # a plain pickle (joblib.load reads it): joblib's per-array
+        with open(tmp, "wb") as fh:                 # wrapping took seconds for forests of thousands of trees
+            pickle.dump(model, fh, protocol=pickle.HIGHEST_PROTOCOL)
     if reference is not None:
         with atomic_path(out / "reference_scores.npy") as tmp:
             with open(tmp, "wb") as fh:

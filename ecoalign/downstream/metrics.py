@@ -148,23 +148,37 @@ def auc(y, score) -> float:
     return _auc(y, s)
 
 
-def max_tss_threshold(y, score) -> float:
-    """Score threshold (a unique score value; predict presence when score >= it) maximising TSS on TRAINING data; lowest wins ties, NaN if a class is missing."""
+def _roc_sweep(y, score) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Checked (y, scores) and every distinct threshold (descending) with its sensitivity and specificity when
+    predicting presence at ``score >= threshold``; None if a class is missing."""
     y = _binary(y, "y")
     s = _finite(score, "score")
     _same_length(y, s, "y", "score")
     n1 = int(y.sum())
     n0 = y.size - n1
     if n1 == 0 or n0 == 0:
-        return _NAN
+        return None
     order = np.argsort(-s, kind="stable")
     s_sorted, y_sorted = s[order], y[order]
-    tp = np.cumsum(y_sorted)
-    fp = np.cumsum(~y_sorted)
     last = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # end of each run of equal scores
-    tss = tp[last] / n1 - fp[last] / n0  # = sensitivity + specificity - 1
-    best = np.flatnonzero(tss >= tss.max() - 1e-12)
-    return float(s_sorted[last][best[-1]])  # descending order: the last tie is the lowest threshold
+    sens = np.cumsum(y_sorted)[last] / n1
+    spec = 1.0 - np.cumsum(~y_sorted)[last] / n0
+    return y, s, s_sorted[last], np.c_[sens, spec]
+
+
+def _lowest_best(candidates: np.ndarray, value: np.ndarray) -> float:
+    """The lowest threshold among those with the highest value (candidates are in descending order)."""
+    return float(candidates[np.flatnonzero(value >= value.max() - 1e-12)[-1]])
+
+
+def max_tss_threshold(y, score) -> float:
+    """Score threshold (a unique score value; predict presence when score >= it) maximising TSS; lowest wins ties,
+    NaN if a class is missing. Choose it on out-of-fold predictions, not on a model's own training rows."""
+    sweep = _roc_sweep(y, score)
+    if sweep is None:
+        return _NAN
+    _, _, cand, ss = sweep
+    return _lowest_best(cand, ss[:, 0] + ss[:, 1] - 1.0)
 
 
 def confusion_metrics(y, score, threshold: float) -> dict[str, float]:
@@ -182,22 +196,12 @@ def threshold_rules(y, score) -> dict[str, float]:
     """The usual presence thresholds from (out-of-fold) predictions: ``max_tss`` (Allouche et al. 2006),
     ``equal_sens_spec`` (sensitivity closest to specificity; Liu et al. 2005) and ``p10_presence`` (the score
     90 % of the presences reach). NaN where a class is missing."""
-    y = _binary(y, "y")
-    s = _finite(score, "score")
-    _same_length(y, s, "y", "score")
-    n1 = int(y.sum())
-    n0 = y.size - n1
-    if n1 == 0 or n0 == 0:
+    sweep = _roc_sweep(y, score)
+    if sweep is None:
         return dict.fromkeys(THRESHOLD_RULES, _NAN)
-    order = np.argsort(-s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order]
-    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
-    sens = np.cumsum(y_sorted)[last] / n1
-    spec = 1.0 - np.cumsum(~y_sorted)[last] / n0
-    cand = s_sorted[last]
-    gap = np.abs(sens - spec)
-    return {"max_tss": max_tss_threshold(y, s),
-            "equal_sens_spec": float(cand[np.flatnonzero(gap <= gap.min() + 1e-12)[-1]]),
+    y, s, cand, ss = sweep
+    return {"max_tss": _lowest_best(cand, ss[:, 0] + ss[:, 1] - 1.0),
+            "equal_sens_spec": _lowest_best(cand, -np.abs(ss[:, 0] - ss[:, 1])),
             "p10_presence": float(np.quantile(s[y], 0.1, method="lower"))}
 
 
