@@ -79,7 +79,7 @@ def test_get_params_round_trip_and_clone_then_fit(bryce):
     m = MultiSpeciesModel("lightgbm", params, task="presence", min_presences=5, n_jobs=1)
     got = m.get_params()
     assert got == {"estimator": "lightgbm", "params": params, "task": "presence", "min_presences": 5, "n_jobs": 1,
-                   "missing_targets": "error", "weighting": "balanced"}
+                   "missing_targets": "error", "weighting": "balanced", "categorical_features": ()}
     assert got["params"] is params  # stored verbatim
     assert MultiSpeciesModel(**got).get_params() == got
     c = clone(m)

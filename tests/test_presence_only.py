@@ -300,9 +300,16 @@ def test_categorical_levels_declared_unseen_and_missing(po_files, tmp_path):
         rc = main(["evaluate", str(tmp_path / "bundle"), "--points", str(path), "--crs", "EPSG:32631",
                    "--id-column", "site", "--out", str(tmp_path / "e.csv")])
     assert rc == 0 and pd.read_csv(tmp_path / "e.csv").query("metric == 'auc'")["value"].notna().all()
-    # declared integer codes are categories, not numbers: the model sees one indicator per level
-    names = list(model[:-1].transform(test.head(3)[meta["features"]]).columns) if len(model) > 1 else []
-    assert {"soil=1", "soil=2", "soil=3"} <= set(names)
+    # declared integer codes are categories, not numbers: LightGBM splits on them natively ...
+    booster = next(iter(model[-1].estimators_.values())).booster_
+    infos = booster.dump_model()["feature_infos"]
+    assert set(infos["Column_2"]["values"]) >= {0, 1, 2} and not infos["Column_0"]["values"], infos  # categories
+    # ... and estimators without native categories see one indicator per level
+    spec2 = po_spec(tmp_path, {"name": "logistic"}, name="onehot", categorical=["soil"])
+    assert fit_cli(tmp_path, spec2, po_files, out="b_onehot") == 0
+    model2, meta2 = load_bundle(tmp_path / "b_onehot")
+    names = list(model2[:-1].transform(test.head(3)[meta2["features"]]).columns)
+    assert names == ["temp", "rain", "soil=1", "soil=2", "soil=3"]
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -34,20 +34,29 @@ def level_names(values) -> np.ndarray:
     return out
 
 
-class CategoricalEncoder(TransformerMixin, BaseEstimator):
-    """One-hot encode ``columns`` of a DataFrame (indicator columns ``"<column>=<level>"``), pass others through.
+ENCODINGS = ("onehot", "codes")
 
-    Levels are those seen in ``fit``; unseen or missing values at ``transform`` give all-zero indicators and a
-    ``UserWarning`` naming the column and the levels (once per call).
+
+class CategoricalEncoder(TransformerMixin, BaseEstimator):
+    """Encode ``columns`` of a DataFrame, pass the others through.
+
+    ``encoding="onehot"``: indicator columns ``"<column>=<level>"``; unseen or missing values get all-zero
+    indicators. ``encoding="codes"``: the column holds the level's index, for estimators with native categorical
+    splits (LightGBM); unseen or missing values get -1, which LightGBM treats as missing. Either way a
+    ``UserWarning`` names the column and the levels (once per call). Levels are those seen in ``fit``.
     """
 
-    def __init__(self, columns=()):
+    def __init__(self, columns=(), encoding: str = "onehot"):
         self.columns = columns
+        self.encoding = encoding
 
     def fit(self, X, y=None):
         if not isinstance(X, pd.DataFrame):
             raise EcoalignInputError(f"categorical encoding needs a DataFrame, got {type(X).__name__}", where="X",
                                      expected="a DataFrame with the declared categorical columns")
+        if self.encoding not in ENCODINGS:
+            raise EcoalignInputError(f"encoding={self.encoding!r}", where="encoding",
+                                     expected=" or ".join(map(repr, ENCODINGS)))
         missing = [c for c in self.columns if c not in X.columns]
         if missing:
             raise EcoalignInputError(f"categorical column(s) {missing} are not among the features",
@@ -71,6 +80,8 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
         if missing:
             raise EcoalignInputError(f"the sites lack categorical column(s) {missing}", where="X",
                                      expected=f"the columns seen at fit: {list(self.feature_names_in_)[:20]}")
+        if self.encoding == "codes":
+            out = X.copy()
         parts = [X.drop(columns=list(self.columns))]
         for c in self.columns:
             names = level_names(X[c].to_numpy())
@@ -78,13 +89,20 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
             unseen = sorted({str(v) for v in names if v not in known})
             if unseen:
                 n = int(sum(v not in known for v in names))
+                what = "all-zero indicators" if self.encoding == "onehot" else "the missing category"
                 warnings.warn(f"categorical column {c!r}: {n} row(s) with level(s) {unseen[:10]} not seen in training "
-                              f"(levels {known[:10]}); they get all-zero indicators", UserWarning, stacklevel=2)
+                              f"(levels {known[:10]}); they get {what}", UserWarning, stacklevel=2)
+            if self.encoding == "codes":
+                index = {lv: float(i) for i, lv in enumerate(known)}
+                out[c] = np.array([index.get(v, -1.0) for v in names], dtype=float)
+                continue
             onehot = (names[:, None] == np.asarray(known, dtype=object)[None, :]).astype(float)
             parts.append(pd.DataFrame(onehot, index=X.index, columns=[f"{c}={lv}" for lv in known]))
-        return pd.concat(parts, axis=1)
+        return out if self.encoding == "codes" else pd.concat(parts, axis=1)
 
     def get_feature_names_out(self, input_features=None):
         check_is_fitted(self, "levels_")
+        if self.encoding == "codes":
+            return np.asarray(self.feature_names_in_, dtype=object)
         rest = [c for c in self.feature_names_in_ if c not in self.columns]
         return np.asarray(rest + [f"{c}={lv}" for c in self.columns for lv in self.levels_[c]], dtype=object)

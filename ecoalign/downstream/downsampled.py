@@ -39,12 +39,12 @@ class DownsampledBagging(ClassifierMixin, BaseEstimator):
         self.lgbm_params = lgbm_params
         self.random_state = random_state
 
-    def _one(self, seed: int):
-        if self.base == "tree":
+    def _one(self, seed, rng_state: np.random.RandomState):
+        if self.base == "tree":  # one RandomState drawn on by every tree: seeding one per tree costs more than the tree
             from sklearn.tree import DecisionTreeClassifier
 
             return DecisionTreeClassifier(max_features=self.max_features, min_samples_leaf=self.min_samples_leaf,
-                                          random_state=seed)
+                                          random_state=rng_state)
         import lightgbm as lgb
 
         kw = {"n_estimators": 100, "learning_rate": 0.05, "num_leaves": 7, "min_child_samples": 5,
@@ -66,6 +66,7 @@ class DownsampledBagging(ClassifierMixin, BaseEstimator):
             raise EcoalignInputError(f"{len(pres)} presences and {len(back)} background rows", where="y",
                                      expected="at least one of each")
         rng = np.random.default_rng(self.random_state)
+        tree_rng = np.random.RandomState(int(rng.integers(2**31 - 1)))
         k = len(pres)
         self.classes_ = np.array([0, 1])
         self.estimators_ = []
@@ -74,23 +75,30 @@ class DownsampledBagging(ClassifierMixin, BaseEstimator):
         with config_context(skip_parameter_validation=True, assume_finite=True):
             for seed in rng.integers(0, 2**31 - 1, size=int(self.n_estimators)):
                 idx = np.r_[rng.choice(pres, k), rng.choice(back, k)]
-                est = self._one(int(seed))
+                est = self._one(int(seed), tree_rng)
                 if self.base == "tree":
                     est.fit(X[idx], target, check_input=False)
                 else:
                     est.fit(X[idx], target)
                 self.estimators_.append(est)
+        if self.base == "tree":  # each leaf's presence fraction, so prediction is a leaf look-up per tree
+            self.leaf_presence_ = [self._leaf_fraction(est.tree_) for est in self.estimators_]
         self.n_features_in_ = X.shape[1]
         return self
+
+    @staticmethod
+    def _leaf_fraction(tree) -> np.ndarray:
+        v = tree.value.reshape(tree.node_count, -1)[:, :2]
+        return v[:, 1] / np.maximum(v.sum(axis=1), 1e-12)
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "estimators_")
         X = np.ascontiguousarray(X, dtype=np.float32)
         p = np.zeros(len(X))
-        for est in self.estimators_:
+        leaves = getattr(self, "leaf_presence_", [None] * len(self.estimators_))
+        for est, leaf in zip(self.estimators_, leaves):
             if self.base == "tree":  # the fitted tree structure directly, skipping per-call validation
-                v = est.tree_.predict(X).reshape(len(X), -1)[:, :2]
-                p += v[:, 1] / np.maximum(v.sum(axis=1), 1e-12)
+                p += leaf[est.tree_.apply(X)]
             else:
                 p += est.predict_proba(X)[:, 1]
         p /= len(self.estimators_)

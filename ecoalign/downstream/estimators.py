@@ -149,19 +149,20 @@ def balanced_weights(y: np.ndarray) -> np.ndarray:
     return np.where(y, y.size / (2.0 * max(n1, 1)), y.size / (2.0 * max(n0, 1)))
 
 
-def _fit_one(estimator, X: np.ndarray, y: np.ndarray, weighting):
+def _fit_one(estimator, X: np.ndarray, y: np.ndarray, weighting, fit_kw: dict | None = None):
+    fit_kw = dict(fit_kw or {})
     if weighting == "balanced":
         from sklearn.pipeline import Pipeline
 
         key = f"{estimator.steps[-1][0]}__sample_weight" if isinstance(estimator, Pipeline) else "sample_weight"
         try:
-            return estimator.fit(X, y, **{key: balanced_weights(y)})
+            return estimator.fit(X, y, **{key: balanced_weights(y)}, **fit_kw)
         except TypeError as exc:  # an estimator without sample_weight: say so rather than fit unweighted
             if "sample_weight" not in str(exc):
                 raise
             raise EcoalignInputError(f"{type(estimator).__name__} does not accept sample_weight", where="weighting",
                                      expected="an estimator with fit(X, y, sample_weight=...), or weighting: none")
-    return estimator.fit(X, y)
+    return estimator.fit(X, y, **fit_kw)
 
 
 def _proba_of_presence(estimator, X: np.ndarray) -> np.ndarray:
@@ -195,6 +196,8 @@ class MultiSpeciesModel(SpeciesModelMixin, BaseEstimator):
         threads itself. Never both, so cores are never oversubscribed.
     weighting : ``"balanced"`` (presences and absences/background weigh the same in total; the default for
         presence tasks) or ``None``. Down-sampled and MaxEnt estimators balance by themselves.
+    categorical_features : names of feature columns holding level codes (``CategoricalEncoder(encoding=
+        "codes")``), split on natively by LightGBM (codes < 0 are its missing category).
 
     Attributes after ``fit``: ``species_`` (fitted species, the column order of ``predict``),
     ``estimators_`` (dict species -> fitted estimator), ``skipped_species_`` (dict species -> reason),
@@ -204,7 +207,8 @@ class MultiSpeciesModel(SpeciesModelMixin, BaseEstimator):
     """
 
     def __init__(self, estimator="lightgbm", params=None, task="presence", min_presences=2, n_jobs=-1,
-                 missing_targets="error", weighting="balanced"):
+                 missing_targets="error", weighting="balanced", categorical_features=()):
+        self.categorical_features = categorical_features
         self.missing_targets = missing_targets
         self.estimator = estimator
         self.params = params
@@ -276,11 +280,26 @@ class MultiSpeciesModel(SpeciesModelMixin, BaseEstimator):
         threads = resolve_n_jobs(self.n_jobs)
         workers = min(threads, len(todo))
         base = self._base_estimator(inner_n_jobs=1 if workers > 1 else threads)
-        jobs = (delayed(_fit_one)(clone(base), Xk[used[:, j]], _target(Ya[used[:, j], j], self.task), weighting)
-                for j in todo)
+        fit_kw = self._categorical_fit_kw(base, names)
+        jobs = (delayed(_fit_one)(clone(base), Xk[used[:, j]], _target(Ya[used[:, j], j], self.task), weighting,
+                                  fit_kw) for j in todo)
         fitted = Parallel(n_jobs=workers, prefer="threads")(jobs) if workers > 1 else [f(*a, **k) for f, a, k in jobs]
         self.estimators_ = dict(zip(self.species_, fitted))
         return self
+
+    def _categorical_fit_kw(self, base, names: list[str] | None) -> dict:
+        """LightGBM's ``categorical_feature`` (positions among the kept columns) for the declared code columns."""
+        cats = list(self.categorical_features or ())
+        if not cats:
+            return {}
+        if names is None or [c for c in cats if c not in names]:
+            raise EcoalignInputError(f"categorical_features {cats} are not all columns of X", where="X",
+                                     expected="a DataFrame holding the level-code columns")
+        if type(base).__module__.split(".")[0] != "lightgbm":
+            raise EcoalignInputError(f"categorical_features need LightGBM, not {type(base).__name__}",
+                                     where="categorical_features", expected="one-hot encoded categories instead")
+        kept = [names[j] for j in self._keep]
+        return {"categorical_feature": [kept.index(c) for c in cats if c in kept]}
 
     # -------------------------------------------------------------- predict
     @available_if(_presence_only)

@@ -64,7 +64,8 @@ def _species_step(spec: ModelSpec, n_jobs, seed: int):
 
 def make_model(spec: ModelSpec, n_jobs=-1, embedding_columns: list[str] | None = None, seed: int = 0):
     """The spec's model as a scikit-learn Pipeline (it clones, fits inside CV folds and pickles whole):
-    categorical covariates one-hot encoded, optional PCA of the embedding columns (fitted on training rows
+    categorical covariates encoded (level codes with native categorical splits for LightGBM, one-hot
+    otherwise), optional PCA of the embedding columns (fitted on training rows
     only), then the species model."""
     from sklearn.compose import ColumnTransformer
     from sklearn.decomposition import PCA
@@ -73,14 +74,19 @@ def make_model(spec: ModelSpec, n_jobs=-1, embedding_columns: list[str] | None =
     from .categorical import CategoricalEncoder
 
     steps = []
-    if spec.features.get("categorical"):
-        steps.append(("categorical", CategoricalEncoder(list(spec.features["categorical"]))))
+    cats = list(spec.features.get("categorical") or [])
+    species = _species_step(spec, n_jobs, seed)
+    if cats:
+        native = spec.estimator["name"] == "lightgbm"  # LightGBM splits on categories itself
+        steps.append(("categorical", CategoricalEncoder(cats, encoding="codes" if native else "onehot")))
+        if native:
+            species.set_params(categorical_features=cats)
     n_pca = spec.features.get("pca")
     if n_pca and embedding_columns:
         steps.append(("features", ColumnTransformer(
             [("pca", PCA(n_components=int(n_pca), random_state=0), list(embedding_columns))],
             remainder="passthrough", verbose_feature_names_out=False).set_output(transform="pandas")))
-    steps.append(("species", _species_step(spec, n_jobs, seed)))
+    steps.append(("species", species))
     return Pipeline(steps)
 
 
