@@ -33,9 +33,10 @@ import pandas as pd
 import yaml
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "occurrences" / "disdat_dev"
-CRS = {"AWT": "EPSG:28355", "NZ": "EPSG:27200", "SA": "EPSG:4326", "CAN": "EPSG:4326", "NSW": "EPSG:4326",
-       "SWI": "EPSG:21781"}
-CATEGORICAL = {"NZ": ["age", "toxicats"], "NSW": ["vegsys"], "CAN": ["ontveg"], "SWI": ["calc"]}
+# the dev regions' CRS and categoricals come from disdat_dev/README.md; for the other disdat regions pass
+# --crs / --categorical as the disdat documentation gives them (wrong coordinates are refused, not guessed)
+CRS = {"AWT": "EPSG:28355", "NZ": "EPSG:27200", "SA": "EPSG:4326"}
+CATEGORICAL = {"NZ": ["age", "toxicats"]}
 METHODS = {  # name -> estimator block of the spec (ecoalign's defaults otherwise)
     "ensemble": {"name": "ensemble"},
     "rf_down": {"name": "rf_down"},
@@ -73,12 +74,14 @@ def run(method: str, region, group, po, bg, test, folder: Path) -> pd.DataFrame:
     spec = {"name": f"disdat_{tag}", "task": "presence_only",
             "target": {"species_column": "spid", "min_presences": 2},
             "features": {"embeddings": False, "covariates": "all", "categorical": CATEGORICAL.get(region, [])},
-            "estimator": METHODS[method], "cv": {"scheme": "spatial_block", "folds": 3},
+            "estimator": METHODS[method], "cv": {"scheme": "spatial_block", "folds": 3},  # ecoalign's defaults
             "metrics": ["auc", "boyce", "tss", "sensitivity", "specificity"], "bootstrap": 0}
     (folder / f"{tag}.yaml").write_text(yaml.safe_dump(spec))
     bundle = folder / f"{tag}_bundle"
     t0 = time.process_time()
     quiet = contextlib.redirect_stdout(io.StringIO())  # the verbs' own summaries; the table below says it all
+    if region not in CRS:
+        raise SystemExit(f"no CRS known for region {region}: pass --crs {region}=EPSG:XXXX")
     with quiet:
         rc = main(["fit", str(folder / f"{tag}.yaml"), "--points", str(folder / f"{tag}_po.csv"), "--background",
                    str(folder / f"{tag}_bg.csv"), "--crs", CRS[region], "--out", str(bundle), "--overwrite"])
@@ -136,8 +139,19 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--regions", default="AWT,NZ,SA")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
+    ap.add_argument("--crs", action="append", default=[], metavar="REGION=EPSG:XXXX",
+                    help="the CRS of a region's x/y (defaults: " + ", ".join(f"{k} {v}" for k, v in CRS.items()) + ")")
+    ap.add_argument("--categorical", action="append", default=[], metavar="REGION=col1,col2",
+                    help="a region's categorical predictors (defaults: "
+                         + ", ".join(f"{k} {','.join(v)}" for k, v in CATEGORICAL.items()) + ")")
     ap.add_argument("--out", type=Path, help="CSV of the per-species results")
     a = ap.parse_args()
+    for item in a.crs:
+        region, _, crs = item.partition("=")
+        CRS[region] = crs
+    for item in a.categorical:
+        region, _, cols = item.partition("=")
+        CATEGORICAL[region] = [c for c in cols.split(",") if c]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     regions = a.regions.split(",")
     parts = []

@@ -105,10 +105,13 @@ def _confusion(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def _boyce(p: np.ndarray, b: np.ndarray, n_windows: int, window_width: float | None) -> float:
+    """Continuous Boyce index as ecospat computes it (Hirzel et al. 2006; Di Cola et al. 2017): windows slide over
+    the background's score range; windows without background are skipped; a run of equal P/E ratios (typically
+    the many windows where presences are absent, P/E = 0) counts once, so ties do not swamp the rank
+    correlation of P/E with the window midpoints."""
     if p.size == 0 or b.size == 0:
         return _NAN
-    lo = min(p.min(), b.min())
-    hi = max(p.max(), b.max())
+    lo, hi = float(b.min()), float(b.max())
     span = hi - lo
     if span <= 0:
         return _NAN
@@ -117,16 +120,18 @@ def _boyce(p: np.ndarray, b: np.ndarray, n_windows: int, window_width: float | N
         return _NAN
     starts = np.linspace(lo, hi - width, n_windows)
     ends = starts + width
-    ends[-1] = hi
+    ends[-1] = max(ends[-1], hi)
     ps, bs = np.sort(p), np.sort(b)
     n_p = np.searchsorted(ps, ends, side="right") - np.searchsorted(ps, starts, side="left")
     n_b = np.searchsorted(bs, ends, side="right") - np.searchsorted(bs, starts, side="left")
     keep = n_b > 0
     if keep.sum() < 2:
         return _NAN
-    ratio = (n_p[keep] / p.size) / (n_b[keep] / b.size)
+    ratio = np.round((n_p[keep] / p.size) / (n_b[keep] / b.size), 10)
     mids = (starts[keep] + ends[keep]) / 2.0
-    if np.ptp(ratio) == 0:
+    last_of_run = np.r_[ratio[:-1] != ratio[1:], True]
+    ratio, mids = ratio[last_of_run], mids[last_of_run]
+    if ratio.size < 2 or np.ptp(ratio) == 0:
         return _NAN
     return float(stats.spearmanr(ratio, mids)[0])
 
@@ -208,9 +213,10 @@ def threshold_rules(y, score) -> dict[str, float]:
 def boyce_index(score_at_presences, score_background, n_windows: int = 101, window_width: float | None = None) -> float:
     """Continuous Boyce index (Hirzel et al. 2006): Spearman rho between moving-window P/E ratios and window midpoints; NaN if undefined.
 
-    Windows of ``window_width`` (default a tenth of the pooled score range) slide in ``n_windows`` steps from the
-    lowest to the highest score; P is the share of presences and E the share of background scores in a window,
-    windows with no background are skipped. For presence-only data pass all sites' scores as the background.
+    Windows of ``window_width`` (default a tenth of the background's score range) slide in ``n_windows`` steps
+    over the background's range; P is the share of presences and E the share of background scores in a window.
+    As in ecospat's ``ecospat.boyce``: windows with no background are skipped and successive equal P/E ratios
+    count once. The background is the landscape's reference sample (background points), not the presences.
     """
     p = _finite(score_at_presences, "score_at_presences")
     b = _finite(score_background, "score_background")
