@@ -83,7 +83,7 @@ def run(method: str, region, group, po, bg, test, folder: Path) -> pd.DataFrame:
     if region not in CRS:
         raise SystemExit(f"no CRS known for region {region}: pass --crs {region}=EPSG:XXXX")
     with quiet:
-        rc = main(["fit", str(folder / f"{tag}.yaml"), "--points", str(folder / f"{tag}_po.csv"), "--background",
+        rc = main(["-q", "fit", str(folder / f"{tag}.yaml"), "--points", str(folder / f"{tag}_po.csv"), "--background",
                    str(folder / f"{tag}_bg.csv"), "--crs", CRS[region], "--out", str(bundle), "--overwrite"])
     fit_cpu = time.process_time() - t0
     if rc:
@@ -95,7 +95,7 @@ def run(method: str, region, group, po, bg, test, folder: Path) -> pd.DataFrame:
     predict_cpu = time.process_time() - t1
     out_csv = folder / f"{tag}_eval.csv"
     with contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["evaluate", str(bundle), "--points", str(test_csv), "--crs", CRS[region], "--id-column",
+        rc = main(["-q", "evaluate", str(bundle), "--points", str(test_csv), "--crs", CRS[region], "--id-column",
                    "siteid", "--out", str(out_csv)])
     if rc:
         raise SystemExit(f"ecoalign evaluate failed for {tag}")
@@ -152,7 +152,7 @@ def main() -> None:
     for item in a.categorical:
         region, _, cols = item.partition("=")
         CATEGORICAL[region] = [c for c in cols.split(",") if c]
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # other libraries
     regions = a.regions.split(",")
     parts = []
     with tempfile.TemporaryDirectory() as tmp:

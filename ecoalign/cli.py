@@ -302,7 +302,13 @@ def _command_verbs(sub) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="ecoalign", description="Botany-aware foundation models for ecology.")
+    parser.add_argument("--version", action="version", version=f"ecoalign {__version__}")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors from the library's log")
+    loud.add_argument("-v", "--verbose", action="store_true", help="debug messages from the library's log too")
     sub = parser.add_subparsers(dest="verb", required=True)
     _adapt_parser(sub)
     _embed_parser(sub)
@@ -323,8 +329,32 @@ VERBS = {"adapt": _adapt, "embed": _embed, "fit": _fit, "evaluate": _evaluate, "
 RERUN_RESUMES = {"embed", "map"}
 
 
+def _configure_logging(quiet: bool, verbose: bool) -> None:
+    """The command shows the library's ``ecoalign`` log on stderr (INFO; --quiet: WARNING; --verbose: DEBUG).
+    One handler, however often ``main`` runs in a process (tests, notebooks calling the CLI)."""
+    import logging
+
+    log = logging.getLogger("ecoalign")
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    if not any(getattr(h, "_ecoalign_cli", False) for h in log.handlers):
+        class Format(logging.Formatter):
+            def format(self, record):
+                level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+                return f"[ecoalign] {level}{record.getMessage()}"
+
+        class Stderr(logging.StreamHandler):  # whatever sys.stderr is when a record comes (tests, notebooks swap it)
+            stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+        handler = Stderr()
+        handler.setFormatter(Format())
+        handler._ecoalign_cli = True
+        log.addHandler(handler)
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet, args.verbose)
     try:
         return {**VERBS, **args._extra_verbs}[args.verb](args)
     except EcoalignInputError as exc:

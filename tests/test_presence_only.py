@@ -216,7 +216,7 @@ def test_intervals_contain_their_estimate_and_few_presence_species_stay_out_of_t
 # ------------------------------------------------------------------------------- fit and evaluate end to end
 
 
-def test_default_ensemble_end_to_end_on_records_and_background(po_files, tmp_path, caplog):
+def test_default_ensemble_end_to_end_on_records_and_background(po_files, tmp_path):
     spec = po_spec(tmp_path, categorical=["soil"])
     assert fit_cli(tmp_path, spec, po_files) == 0
     model, meta = load_bundle(tmp_path / "bundle")
