@@ -7,6 +7,7 @@ Generated data: a landscape whose species niches are known, for checks that need
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -398,3 +399,23 @@ def test_disdat_south_america_subset_beats_chance_with_transferable_thresholds(t
     ev = pd.read_csv(tmp_path / "e.csv")
     assert ev.query("species == 'macro' and metric == 'auc'")["value"].iloc[0] > 0.7
     assert ev.query("species == 'macro' and metric == 'tss'")["value"].iloc[0] > 0.25
+
+
+def test_ensemble_random_folds_on_request_and_spatial_folds_by_default():
+    bg, records, _ = landscape(seed=6, n_bg=800)
+    names = sorted(records["species"].unique())
+    X = pd.concat([records[["temp", "rain"]], bg[["temp", "rain"]]], ignore_index=True)
+    xy = pd.concat([records[["x", "y"]], bg[["x", "y"]]], ignore_index=True).to_numpy()
+    Y = np.zeros((len(X), len(names)))
+    for j, s in enumerate(names):
+        Y[np.flatnonzero(records["species"] == s), j] = 1
+    fast = {"rf_down": {"n_estimators": 10}, "deep_maxent": {"epochs": 20}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # coords given: no "folds are random" warning
+        rand = SpatialEnsemble(member_params=fast, spatial=False, n_jobs=1).fit(X, Y, coords=xy, species=names)
+        spatial = SpatialEnsemble(member_params=fast, n_jobs=1).fit(X, Y, coords=xy, species=names)
+    with pytest.warns(UserWarning, match="folds are random"):
+        no_coords = SpatialEnsemble(member_params=fast, n_jobs=1).fit(X, Y, species=names)
+    np.testing.assert_array_equal(rand.oof_, no_coords.oof_)  # the same random folds
+    assert not np.array_equal(np.isnan(spatial.oof_), np.isnan(rand.oof_)) or \
+        not np.allclose(spatial.oof_, rand.oof_, equal_nan=True)

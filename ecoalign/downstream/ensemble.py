@@ -65,6 +65,7 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
     selection_margin : members whose mean out-of-fold AUC is further than this below the best are dropped.
     reference_size : background rows whose scores define the common scale (a seeded sample).
     min_presences, n_jobs, random_state : as for the other species models.
+    spatial : False for random folds (a spec's ``cv: {scheme: random}``), even when coordinates are given.
 
     ``fit(X, Y, coords=(n, 2))``: ``Y`` as for :class:`~ecoalign.downstream.deep_maxent.DeepMaxent`. Without
     ``coords`` the folds are random (a warning says so): spatial folds need the sites' coordinates.
@@ -72,7 +73,9 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
 
     def __init__(self, members: Sequence[str] = ("rf_down", "deep_maxent"), member_params: dict | None = None,
                  folds: int = 3, block_size: float | None = None, selection_margin: float = 0.02,
-                 reference_size: int = 2000, min_presences: int = 2, n_jobs=-1, random_state: int = 0):
+                 reference_size: int = 2000, min_presences: int = 2, n_jobs=-1, random_state: int = 0,
+                 spatial: bool = True):
+        self.spatial = spatial
         self.members = members
         self.member_params = member_params
         self.folds = folds
@@ -99,11 +102,13 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         return members
 
     def _splits(self, n: int, coords) -> list[tuple[np.ndarray, np.ndarray]]:
-        if coords is None:
+        if coords is None or not self.spatial:
             from sklearn.model_selection import KFold
 
-            warnings.warn("SpatialEnsemble got no coords: its folds are random, so out-of-fold skill and "
-                          "thresholds ignore spatial autocorrelation; pass coords=(n, 2)", UserWarning, stacklevel=3)
+            if self.spatial:
+                warnings.warn("SpatialEnsemble got no coords: its folds are random, so out-of-fold skill and "
+                              "thresholds ignore spatial autocorrelation; pass coords=(n, 2)", UserWarning,
+                              stacklevel=3)
             return list(KFold(self.folds, shuffle=True, random_state=self.random_state).split(np.zeros(n)))
         from .spatial_cv import SpatialBlockKFold
 

@@ -46,7 +46,8 @@ def _species_step(spec: ModelSpec, n_jobs, seed: int):
                                member_params=params.pop("member_params", None),
                                folds=int(cv["folds"]) if cv["scheme"] != "none" else 3,
                                block_size=float(cv["block_size_m"]) if spatial and cv.get("block_size_m") else None,
-                               min_presences=min_presences, n_jobs=n_jobs, random_state=seed, **params)
+                               spatial=cv["scheme"] != "random", min_presences=min_presences, n_jobs=n_jobs,
+                               random_state=seed, **params)
     if name == "deep_maxent":
         from .deep_maxent import DeepMaxent
 
