@@ -139,6 +139,8 @@ class DeepMaxent(SpeciesModelMixin, BaseEstimator):
             self.weights_ = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
                              for m in net if isinstance(m, torch.nn.Linear)]
         self.loss_ = float(loss.detach())
+        log.debug("DeepMaxent: %d species, %d rows, %d epochs, final loss %.4f", len(keep), len(Z), self.epochs,
+                  self.loss_)
         # cloglog calibration per species, from the fitted distribution over its background rows
         F = self._raw(Xa)
         bg = mask & ~pres[:, keep]
