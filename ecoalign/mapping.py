@@ -15,6 +15,7 @@ reprojected: resampling imagery changes the embeddings, so a mismatch is refused
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import EcoalignInputError
+
+log = logging.getLogger(__name__)
 
 NODATA = -9999.0
 MAX_INPUT_SIDE_PX = 1024  # input pixels per block side: a block holds bands x side^2 float32 (16 MB for 4 bands)
@@ -506,7 +509,7 @@ class _Partial:
                     pass
             return done
         if self.dir.exists():
-            print(f"[ecoalign] discarding a partial map made with other inputs: {self.dir}", flush=True)
+            log.warning("discarding a partial map made with other inputs: %s", self.dir)
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
         self._create()
@@ -653,9 +656,9 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
     partial = _Partial(out, plan)
     done = partial.open()
     todo = [b for b in plan.blocks if b.key not in done]
-    print(f"[ecoalign] map {plan.width}x{plan.height} px ({len(plan.targets)} target(s), window {plan.window_m:g} m = "
-          f"{plan.window_px} px, stride {plan.stride_px} px) in {len(plan.blocks)} block(s); "
-          f"{len(done)} already done" + (f", resuming from {partial.dir}" if done else ""), flush=True)
+    log.info("map %dx%d px (%d target(s), window %g m = %d px, stride %d px) in %d block(s); %d already done%s",
+             plan.width, plan.height, len(plan.targets), plan.window_m, plan.window_px, plan.stride_px,
+             len(plan.blocks), len(done), f", resuming from {partial.dir}" if done else "")
     bar = tqdm(total=len(plan.blocks), initial=len(plan.blocks) - len(todo), unit="block", disable=not progress,
                desc="ecoalign map")
     if scheduler is not None or workers:
@@ -676,9 +679,9 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
     _finalise(partial, out)
     if quicklook:
         png = write_quicklook(out)
-        print(f"[ecoalign] quicklook: {png}", flush=True)
+        log.info("quicklook: %s", png)
     import shutil
 
     shutil.rmtree(partial.dir)
-    print(f"[ecoalign] wrote {out}", flush=True)
+    log.info("wrote %s", out)
     return out

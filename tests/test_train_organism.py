@@ -157,7 +157,8 @@ def test_cli_trains_and_reports_bad_input(data, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["train-organism", "--data", cur, "--epochs", "1", "--batch-size", "8", "--text-type", "taxon_tag",
                  "--out", str(out), "progress=false", "log_every=1"]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out + captured.err  # the run's log goes to stderr, the command's results to stdout
     assert "RANDOM weights" in text and "encoder saved" in text
     enc = load_organism_encoder(out)
     assert enc.info["training"]["text_type"] == "taxon_tag"
@@ -188,7 +189,7 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "train_report.json").read_text())
     assert report["world_size"] == 2 and report["train_images"] == 24 and report["steps"] == 3
-    assert proc.stdout.count("encoder saved") == 1  # only rank 0 writes
+    assert (proc.stdout + proc.stderr).count("encoder saved") == 1  # only rank 0 writes
     assert load_organism_encoder(out).embed_text(["a photo of Corvus corax."]).shape == (1, 64)
 
 

@@ -6,6 +6,8 @@ either inline (``sha256:``) or through a ``checksums:`` file in ``sha256sum`` fo
 """
 from __future__ import annotations
 
+import logging
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,8 @@ import yaml
 from ..errors import EcoalignInputError
 from ..io import sha256_file
 from ..paths import cache_dir, resolve_manifest
+
+log = logging.getLogger(__name__)
 
 GENERATORS = {"demo"}
 
@@ -187,5 +191,5 @@ def _generate(generator: str, root: Path, options: dict[str, Any]) -> None:
             return
         from .demo_world import generate_demo_world
 
-        print(f"[ecoalign] generating the demo world into {root} (first use)", flush=True)
+        log.info("generating the demo world into %s (first use)", root)
         generate_demo_world(root, **options)

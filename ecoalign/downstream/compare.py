@@ -1,6 +1,8 @@
 """``ecoalign compare``: several encoders on the same sites and the same folds -> Markdown, CSV and a chart."""
 from __future__ import annotations
 
+import logging
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from ..errors import EcoalignInputError
 from ..io import atomic_path, write_text
 from .fitting import cross_validate
 from .sites import SiteTable
+
+log = logging.getLogger(__name__)
 
 
 def _common(sites: dict[str, SiteTable]) -> dict[str, SiteTable]:
@@ -33,8 +37,7 @@ def compare_encoders(spec, sites: dict[str, SiteTable], out: str | Path, *, seed
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, s in _common(sites).items():
-        print(f"[ecoalign] cross-validating {spec.name} on '{name}' ({len(s.ids)} sites, {s.X.shape[1]} features)",
-              flush=True)
+        log.info("cross-validating %s on '%s' (%d sites, %d features)", spec.name, name, len(s.ids), s.X.shape[1])
         res = cross_validate(spec, s, seed=seed, n_jobs=n_jobs)
         table = res.metrics.assign(encoder=name, random_weights=s.feature_source.get("random_weights"))
         rows.append(table)

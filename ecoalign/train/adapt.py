@@ -5,6 +5,8 @@ frozen DOFA (adapter held at the identity) and the same model with the anchor sw
 """
 from __future__ import annotations
 
+import logging
+
 import json
 import platform
 import time
@@ -15,6 +17,8 @@ import numpy as np
 
 from ..errors import EcoalignInputError
 from ..io import save_torch, write_json, write_text
+
+log = logging.getLogger(__name__)
 
 RUNS_DIR = Path("runs") / "adapt"
 
@@ -38,7 +42,7 @@ def _resolve_run_dir(out: str | None, resume: str | bool | None) -> tuple[Path, 
 
 
 def _log(msg: str) -> None:
-    print(f"[ecoalign] {msg}", flush=True)
+    log.info("%s", msg)
 
 
 def adapt(cfg, *, out: str | None = None, resume: str | bool | None = None) -> Path:
@@ -178,7 +182,7 @@ def adapt(cfg, *, out: str | None = None, resume: str | bool | None = None) -> P
     write_json(run_dir / "report.json", report)
     write_text(run_dir / "report.md", render_report(report))
     _log(f"done in {report['seconds_total']:.0f} s; report: {run_dir / 'report.md'}")
-    print(render_summary(report), flush=True)
+    log.info("%s", render_summary(report))
     return run_dir
 
 

@@ -8,6 +8,8 @@ so a resumed run takes the same path as an uninterrupted one. DDP via ``torchrun
 """
 from __future__ import annotations
 
+import logging
+
 import csv
 import io
 import math
@@ -23,6 +25,8 @@ import numpy as np
 from ..errors import EcoalignInputError
 from ..io import save_torch, write_json, write_text
 
+log = logging.getLogger(__name__)
+
 RUNS_DIR = Path("runs") / "train_organism"
 RUNTIME_KEYS = ("max_steps", "device", "num_workers", "progress", "checkpoint_every", "log_every")  # may change on resume
 METRIC_COLUMNS = ("step", "epoch", "loss", "species_loss", "replay_loss", "logit_scale", "lr", "images_per_s",
@@ -30,7 +34,7 @@ METRIC_COLUMNS = ("step", "epoch", "loss", "species_loss", "replay_loss", "logit
 
 
 def _log(msg: str) -> None:
-    print(f"[ecoalign] {msg}", flush=True)
+    log.info("%s", msg)
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
