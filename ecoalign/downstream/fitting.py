@@ -155,7 +155,7 @@ def cross_validate(spec: ModelSpec, sites: SiteTable, *, seed: int = 0, n_jobs=-
                                  expected="features that vary between sites")
     species, skipped = template[-1].fittable_species(sites.Y)
     Y = sites.Y[species]
-    if hasattr(template[-1], "oof_") or "coords" in inspect.signature(template[-1].fit).parameters:
+    if _fit_params(template, sites.xy):  # the model folds in space itself: its committee's out-of-fold predictions
         model = clone(template).fit(sites.X, Y, **_fit_params(template, sites.xy))
         oof = pd.DataFrame(model[-1].oof_, index=Y.index, columns=model[-1].species_)
         return _result(spec, Y[model[-1].species_], oof, {**skipped, **model[-1].skipped_species_}, seed, t0,

@@ -212,7 +212,7 @@ def presence_background_points(records, background, spec: ModelSpec):
     return sites, pd.DataFrame(targets, index=pd.Index(ids)), dropped
 
 
-def _all_covariates(table: pd.DataFrame, spec: ModelSpec, id_col: str) -> list[str]:
+def _all_covariates(table: pd.DataFrame, spec: ModelSpec, id_col: str, presence_rows: int | None) -> list[str]:
     """``covariates: all``: every column but ids, coordinates, geometry and targets; non-numeric columns that
     are not declared categorical are left out with a warning, and so are columns that separate presence
     records from background perfectly (an id or a label, e.g. ``occ`` or ``siteid``, not an environment)."""
@@ -223,7 +223,7 @@ def _all_covariates(table: pd.DataFrame, spec: ModelSpec, id_col: str) -> list[s
     skip |= {c for c in table.columns if str(c).lower() in X_NAMES + Y_NAMES}
     cats = set(spec.features.get("categorical") or [])
     cols, left_out = [], {}
-    n_pres = table.attrs.get("presence_rows")
+    n_pres = presence_rows  # presence-only sites: records first, then background
     for c in table.columns:
         if c in skip:
             continue
@@ -244,13 +244,6 @@ def _all_covariates(table: pd.DataFrame, spec: ModelSpec, id_col: str) -> list[s
                                  where="features.covariates", expected="numeric or declared categorical columns")
     log.info("covariates: all -> %s", cols)
     return cols
-
-
-def points_table(gdf, points):
-    """The sites' own columns, with the presence-row count that ``covariates: all`` checks labels against."""
-    if points is not None and "presence_rows" in getattr(points, "attrs", {}):
-        gdf.attrs["presence_rows"] = points.attrs["presence_rows"]
-    return gdf
 
 
 def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd.DataFrame | None = None,
@@ -301,7 +294,8 @@ def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd
         table = gdf if covariates is None else covariates.set_index(covariates[id_col].astype(str))
         names = spec.features["covariates"]
         if names == "all":
-            names = _all_covariates(table if covariates is not None else points_table(gdf, points), spec, id_col)
+            names = _all_covariates(table, spec, id_col,
+                                    None if covariates is not None else getattr(points, "attrs", {}).get("presence_rows"))
         missing = [c for c in names if c not in table.columns]
         if missing:
             where = "background points" if background is not None else "covariate table"
