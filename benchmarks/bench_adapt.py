@@ -58,7 +58,7 @@ def bench_embedding(size: str, n: int, batch: int) -> dict:
 
 
 def bench_training(n: int, dim: int, species: int, batch_size: int) -> dict:
-    from ecoalign.train.align import AlignmentData, train_alignment
+    from ecoalign.aerial.align import AlignmentData, train_alignment
 
     g = torch.Generator().manual_seed(0)
     frozen = torch.randn(n, 2, dim, generator=g)
@@ -98,7 +98,7 @@ def main() -> None:
     print(f"  read+embed          {e['end_to_end_plots_per_s']:8.2f} plots/s")
     dim = {"small": 384, "base": 768, "large": 1024}[a.size]
     if a.train_batch is None:
-        from ecoalign.config import compose
+        from ecoalign.core.config import compose
 
         a.train_batch = int(compose("adapt").trainer.batch_size)
     t = bench_training(a.plots, dim, 400, a.train_batch)

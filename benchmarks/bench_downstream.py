@@ -24,7 +24,7 @@ import yaml
 
 
 def synthetic_sites(n_sites: int, n_species: int, n_features: int, seed: int = 0):
-    from ecoalign.downstream.sites import SiteTable
+    from ecoalign.sdm.sites import SiteTable
 
     rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 20_000, size=(n_sites, 2))
@@ -38,7 +38,7 @@ def synthetic_sites(n_sites: int, n_species: int, n_features: int, seed: int = 0
 
 
 def spec_for(tmp: Path):
-    from ecoalign.downstream.spec import load_spec
+    from ecoalign.sdm.spec import load_spec
 
     path = tmp / "bench.yaml"
     path.write_text(yaml.safe_dump({
@@ -53,8 +53,8 @@ def naive(spec, sites, seed=0):
     """One species and one fold at a time, as a script written per species would do it."""
     import lightgbm as lgb
 
-    from ecoalign.downstream.fitting import make_splitter
-    from ecoalign.downstream.metrics import auc
+    from ecoalign.sdm.fitting import make_splitter
+    from ecoalign.sdm.metrics import auc
 
     folds = list(make_splitter(spec, seed).split(sites.X, coords=sites.xy))
     aucs = []
@@ -84,7 +84,7 @@ import json, resource, sys, numpy as np, geopandas as gpd, rasterio
 from rasterio.transform import from_origin
 from shapely.geometry import Point
 import ecoalign
-from ecoalign.embedding import write_embeddings
+from ecoalign.aerial.embed import write_embeddings
 n, folder = int(sys.argv[1]), sys.argv[2]
 raster = f"{folder}/r.tif"
 rng = np.random.default_rng(0)
@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=32)
     ap.add_argument("--embed-memory", action="store_true")
     a = ap.parse_args()
-    from ecoalign.downstream.fitting import cross_validate
+    from ecoalign.sdm.fitting import cross_validate
 
     sites = synthetic_sites(a.sites, a.species, a.features)
     with tempfile.TemporaryDirectory() as tmp:

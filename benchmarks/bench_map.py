@@ -64,9 +64,9 @@ def make_bundle(folder: Path, raster: Path, encoder) -> Path:
     import pandas as pd
 
     import ecoalign
-    from ecoalign.downstream.fitting import fit_bundle
-    from ecoalign.downstream.sites import build_sites
-    from ecoalign.downstream.spec import spec_from_dict
+    from ecoalign.sdm.fitting import fit_bundle
+    from ecoalign.sdm.sites import build_sites
+    from ecoalign.sdm.spec import spec_from_dict
 
     rng = np.random.default_rng(1)
     with __import__("rasterio").open(raster) as src:
@@ -89,7 +89,7 @@ def make_bundle(folder: Path, raster: Path, encoder) -> Path:
 def run_ecoalign(encoder, bundle, raster, out, batch_size) -> tuple[float, np.ndarray]:
     import rasterio
 
-    from ecoalign.mapping import map_raster
+    from ecoalign.mapping.raster import map_raster
 
     t0 = time.perf_counter()
     map_raster(encoder, bundle, raster, out, batch_size=batch_size, overwrite=True, quicklook=False, progress=False)
@@ -108,8 +108,8 @@ def run_naive(encoder, bundle, raster, out, batch_size, num_workers) -> tuple[fl
     from torchgeo.samplers import GridGeoSampler
 
     from ecoalign.data.patches import band_stats, open_rasters
-    from ecoalign.downstream.fitting import load_bundle
-    from ecoalign.embedding import EMBED_PREFIX
+    from ecoalign.sdm.fitting import load_bundle
+    from ecoalign.aerial.embed import EMBED_PREFIX
 
     import pandas as pd
 
@@ -155,7 +155,7 @@ def run_naive(encoder, bundle, raster, out, batch_size, num_workers) -> tuple[fl
 
 def rss_child(raster: str, bundle: str, out: str) -> None:
     """Runs in a fresh process: map one raster and print peak RSS."""
-    from ecoalign.mapping import map_raster
+    from ecoalign.mapping.raster import map_raster
 
     t0 = time.perf_counter()
     map_raster("dofa", bundle, raster, out, overwrite=True, quicklook=False, progress=False)
@@ -167,7 +167,7 @@ def gpu_figures(encoder, bundle, raster, folder, batch_size) -> None:
     """bf16 tiles/s of the full pipeline vs encoder-only forward throughput on CUDA (not run without a GPU)."""
     import torch
 
-    from ecoalign.mapping import map_raster
+    from ecoalign.mapping.raster import map_raster
 
     if not torch.cuda.is_available():
         print("gpu: no CUDA device here; the bf16 autocast path is written but not measured")

@@ -56,7 +56,7 @@ def run_ecoalign(po, bg, pa, crs, covariates, folder: Path) -> tuple[pd.Series, 
                                                      "min_child_samples": 5, "subsample": 0.8, "subsample_freq": 1}},
         "cv": {"scheme": "random", "folds": 3}, "metrics": ["auc"], "bootstrap": 0}))
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "ecoalign.cli"]
+    cmd = [sys.executable, "-m", "ecoalign.cli.main"]
     subprocess.run(cmd + ["fit", str(spec), "--points", str(po), "--background", str(bg), "--crs", crs,
                           "--out", str(folder / "bundle")], check=True, capture_output=True, text=True)
     subprocess.run(cmd + ["evaluate", str(folder / "bundle"), "--points", str(pa), "--crs", crs, "--id-column", "row",

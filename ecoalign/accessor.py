@@ -3,7 +3,7 @@
 ``da.ecoalign.embed(encoder)`` gives a grid of window embeddings, ``da.ecoalign.embed(encoder, points=gdf)`` a
 table of point embeddings, ``da.ecoalign.predict(bundle, encoder)`` a species map, ``gdf.ecoalign.embed(raster,
 encoder)`` the point embeddings. An in-memory array is written once to a temporary GeoTIFF and then goes through
-the very code the CLI runs (``embed_points``, ``ecoalign.mapping``), so a notebook gets the numbers
+the very code the CLI runs (``embed_points``, ``ecoalign.mapping.raster``), so a notebook gets the numbers
 ``ecoalign embed`` / ``ecoalign map`` would give.
 """
 from __future__ import annotations
@@ -20,14 +20,14 @@ import rioxarray  # noqa: F401  (registers da.rio, which the accessor builds on)
 import rioxarray.exceptions
 import xarray as xr
 
-from .errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 WAVELENGTHS_ATTR = "wavelengths_um"  # a DataArray attribute that names its bands' centre wavelengths (µm)
 
 
 def _encoder(encoder, wavelengths_um: Sequence[float] | None):
     """An encoder object, an adapt run directory, or ``dofa[-small|-base|-large]`` (wavelengths needed)."""
-    from .mapping import resolve_encoder
+    from ecoalign.mapping.raster import resolve_encoder
 
     if isinstance(encoder, (str, Path)) and str(encoder).startswith("dofa") and wavelengths_um is None:
         raise EcoalignInputError(f"encoder '{encoder}' needs the band wavelengths",
@@ -102,7 +102,7 @@ class EcoalignDataArray:
         da = self._checked(enc)
         with self._geotiff(da, tmp_dir) as tif:
             if points is not None:
-                from .embedding import embed_points
+                from ecoalign.aerial.embed import embed_points
 
                 return embed_points(points, [tif], enc, patch_size_m=window_m, batch_size=batch_size,
                                     max_nodata_fraction=max_nodata_fraction, id_column=id_column, progress=progress)
@@ -118,8 +118,8 @@ class EcoalignDataArray:
         ``scheduler``/``workers`` compute the blocks with Dask (``tmp_dir`` must then be visible to the workers)."""
         from rasterio.transform import Affine
 
-        from .downstream.fitting import load_bundle
-        from .mapping import compute_block, plan_map
+        from ecoalign.sdm.fitting import load_bundle
+        from ecoalign.mapping.raster import compute_block, plan_map
 
         enc = self._resolve(encoder, wavelengths_um)
         da = self._checked(enc)
@@ -129,7 +129,7 @@ class EcoalignDataArray:
                             encoder_spec=encoder if isinstance(encoder, (str, Path)) else None)
             out = np.full((len(plan.targets), plan.height, plan.width), np.nan, dtype=np.float32)
             if scheduler or workers:
-                from .mapping_dask import compute_blocks
+                from ecoalign.mapping.distributed import compute_blocks
 
                 results = compute_blocks(plan, plan.blocks, scheduler=scheduler, workers=workers, batch_size=batch_size)
             else:
@@ -150,7 +150,7 @@ class EcoalignDataArray:
 # the grid of window embeddings
 
 def _grid_coords(plan) -> dict:
-    from .mapping import window_centres
+    from ecoalign.mapping.raster import window_centres
 
     xs = window_centres(plan, np.zeros(plan.width), np.arange(plan.width))[:, 0]
     ys = window_centres(plan, np.arange(plan.height), np.zeros(plan.height))[:, 1]
@@ -165,8 +165,8 @@ def _embedding_grid(encoder, tif: Path, *, window_m, stride_m, batch_size: int, 
                     progress: bool) -> xr.DataArray:
     from rasterio.transform import Affine
 
-    from .embedding import EMBED_PREFIX
-    from .mapping import embed_windows, plan_windows, read_block
+    from ecoalign.aerial.embed import EMBED_PREFIX
+    from ecoalign.mapping.raster import embed_windows, plan_windows, read_block
 
     plan = plan_windows(encoder, tif, window_m=window_m, stride_m=stride_m, max_nodata_fraction=max_nodata_fraction)
     dim = encoder.embed_dim
@@ -209,7 +209,7 @@ class EcoalignFrame:
             if "patch_size_m" in kwargs:
                 kwargs["window_m"] = kwargs.pop("patch_size_m")
             return raster.ecoalign.embed(encoder, points=self._df, wavelengths_um=wavelengths_um, **kwargs)
-        from .embedding import embed_points
+        from ecoalign.aerial.embed import embed_points
 
         rasters = [raster] if isinstance(raster, (str, Path)) else list(raster)
         kwargs.setdefault("progress", False)

@@ -12,7 +12,7 @@ CELLS = [
 Encoders next to xarray and geopandas: embed plots, fit a species model on the embeddings, map it over a raster
 with `ecoalign.map_raster` and with the `da.ecoalign` accessor, and plot the result.
 
-Everything runs on a small generated landscape (`ecoalign.data.demo_world`) with **DOFA-small on random
+Everything runs on a small generated landscape (`ecoalign.demo.aerial_world`) with **DOFA-small on random
 weights** (no model hub here), so it takes well under a minute on a CPU. With real data, point the same calls at
 your GeoTIFF and plots, and load pretrained DOFA (`weights="DOFA_MAE"`) or an adapted encoder
 (`ecoalign.load_encoder("runs/adapt/<run>")`)."""),
@@ -26,7 +26,7 @@ import rioxarray
 
 import ecoalign
 import ecoalign.accessor  # registers da.ecoalign and gdf.ecoalign
-from ecoalign.data.demo_world import DEMO_BANDS, generate_demo_world
+from ecoalign.demo.aerial_world import DEMO_BANDS, generate_demo_world
 
 work = Path("ecoalign-notebook")
 world = generate_demo_world(work / "world", n_plots=28, size_m=800.0, resolution_m=4.0, seed=2)
@@ -50,9 +50,9 @@ emb.iloc[:3, :6]"""),
 
 A presence/absence model per land cover (standing in for species), cross-validated and saved as the bundle
 `ecoalign map` reads; the spec is the same mapping a `species_models/*.yaml` file holds."""),
-    ("code", """from ecoalign.downstream.fitting import fit_bundle
-from ecoalign.downstream.sites import build_sites
-from ecoalign.downstream.spec import spec_from_dict
+    ("code", """from ecoalign.sdm.fitting import fit_bundle
+from ecoalign.sdm.sites import build_sites
+from ecoalign.sdm.spec import spec_from_dict
 
 targets = plots[["plot_id"]].assign(wetland=(plots.landcover == "wetland").astype(int),
                                    grassland=(plots.landcover == "grassland").astype(int))

@@ -42,7 +42,7 @@ def write_raster(path: Path, array: np.ndarray, *, crs="EPSG:26912", left=387000
 
 def write_manifest(folder: Path, body: dict, name: str = "manifest.yaml") -> Path:
     """A manifest with sha256 filled in for every file it names (as a user would with manifest-hash)."""
-    from ecoalign.io import sha256_file
+    from ecoalign.core.io import sha256_file
 
     def fill(entry):
         if isinstance(entry, dict) and "path" in entry and "sha256" not in entry:

@@ -17,11 +17,11 @@ def build(folder: Path) -> dict:
     from rasterio.windows import Window
 
     import ecoalign
-    from ecoalign.data.demo_world import generate_demo_world
+    from ecoalign.demo.aerial_world import generate_demo_world
     from ecoalign.data.patches import band_stats, open_rasters
-    from ecoalign.downstream.fitting import fit_bundle
-    from ecoalign.downstream.sites import build_sites
-    from ecoalign.downstream.spec import spec_from_dict
+    from ecoalign.sdm.fitting import fit_bundle
+    from ecoalign.sdm.sites import build_sites
+    from ecoalign.sdm.spec import spec_from_dict
 
     world = generate_demo_world(folder / "world", n_plots=28, size_m=800.0, resolution_m=4.0, seed=2)
     # one band standardisation (the whole orthophoto's) for plots, crops and maps

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import ecoalign
-from ecoalign.train.align import AlignmentData, train_alignment
+from ecoalign.aerial.align import AlignmentData, train_alignment
 
 FAST = ["backbone.size=small", "trainer=quick", "data.augmentations=1", "data.block_size_m=3000"]
 

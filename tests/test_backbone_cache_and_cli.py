@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ecoalign.cli import main
-from ecoalign.config import compose
-from ecoalign.errors import EcoalignInputError
-from ecoalign.train.backbone_cache import build_backbone_cache
+from ecoalign.core.config import compose
+from ecoalign.core.errors import EcoalignInputError
+from ecoalign.aerial.backbone_cache import build_backbone_cache
 
 
 class WindowReader:

@@ -1,4 +1,4 @@
-"""Presence-only helpers (ecoalign.downstream.background): background points, pseudo-absences, long table."""
+"""Presence-only helpers (ecoalign.sdm.background): background points, pseudo-absences, long table."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import shapely
 
-from ecoalign.downstream.background import presence_background_table, sample_background, sample_pseudo_absences
-from ecoalign.errors import EcoalignInputError
+from ecoalign.sdm.background import presence_background_table, sample_background, sample_pseudo_absences
+from ecoalign.core.errors import EcoalignInputError
 
 BRYCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "releves" / "bryce"
 

@@ -19,8 +19,8 @@ from ecoalign.data.manifest import load_manifest
 from ecoalign.data.patches import open_rasters
 from ecoalign.data.plots import read_plots
 from ecoalign.data.releves import read_releves
-from ecoalign.errors import EcoalignInputError
-from ecoalign.io import sha256_file
+from ecoalign.core.errors import EcoalignInputError
+from ecoalign.core.io import sha256_file
 
 RGB = [0.665, 0.56, 0.49]
 FAST = ["backbone.size=small", "trainer=quick", "data.augmentations=1", "data.block_size_m=3000",

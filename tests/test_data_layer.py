@@ -17,7 +17,7 @@ from ecoalign.data.patches import SKIP_NODATA, SKIP_OUTSIDE, PatchReader, band_s
 from ecoalign.data.plots import plot_centres, read_plots
 from ecoalign.data.releves import read_releves
 from ecoalign.data.splits import block_ids, spatial_block_split
-from ecoalign.errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 GREECE = SHARED / "releves" / "splotopen_greece" / "greece_DT.csv"
 
@@ -260,7 +260,7 @@ def test_spatial_block_split_names_the_empty_split():
 
 
 def test_manifest_with_a_checksums_file(tmp_path):
-    from ecoalign.io import sha256_file
+    from ecoalign.core.io import sha256_file
 
     write_raster(tmp_path / "img.tif", np.full((3, 4, 4), 9))
     (tmp_path / "plots.csv").write_text("plot_id,x,y\np1,1,2\n")

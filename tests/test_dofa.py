@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ecoalign.encoders.dofa import DOFAFeatures, build_dofa
-from ecoalign.errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 WL = [0.49, 0.56, 0.665, 0.842]
 

@@ -1,4 +1,4 @@
-"""Species models (ecoalign.downstream.estimators) on real releves (Bryce Canyon) and soil fauna (oribatid mites)."""
+"""Species models (ecoalign.sdm.estimators) on real releves (Bryce Canyon) and soil fauna (oribatid mites)."""
 from __future__ import annotations
 
 import warnings
@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 
-from ecoalign.downstream.estimators import MultiSpeciesModel, make_estimator
-from ecoalign.errors import EcoalignInputError
+from ecoalign.sdm.estimators import MultiSpeciesModel, make_estimator
+from ecoalign.core.errors import EcoalignInputError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BRYCE = SHARED / "releves" / "bryce"
@@ -286,7 +286,7 @@ def test_make_estimator_choices():
 
 def test_missing_targets_ignore_fits_each_species_on_its_own_rows():
     """Presence-only data: NaN marks sites inside a species' exclusion buffer; they are left out of its fit."""
-    from ecoalign.downstream.estimators import MultiSpeciesModel
+    from ecoalign.sdm.estimators import MultiSpeciesModel
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 3))

@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from ecoalign.downstream.metrics import (auc, boyce_index, bootstrap_ci, confusion_metrics, evaluate_abundance,
+from ecoalign.sdm.metrics import (auc, boyce_index, bootstrap_ci, confusion_metrics, evaluate_abundance,
                                          evaluate_presence, mae, max_tss_threshold, rmse, spearman)
-from ecoalign.errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 
 def _value(table: pd.DataFrame, species: str, metric: str, column: str = "value") -> float:

@@ -8,8 +8,8 @@ from shapely.geometry import Point
 
 import ecoalign
 from ecoalign.cli import main
-from ecoalign.embedding import embed_points, embedding_columns, read_embeddings
-from ecoalign.errors import EcoalignInputError
+from ecoalign.aerial.embed import embed_points, embedding_columns, read_embeddings
+from ecoalign.core.errors import EcoalignInputError
 
 from conftest import write_raster
 

@@ -11,11 +11,11 @@ import yaml
 
 import ecoalign
 from ecoalign.cli import main
-from ecoalign.downstream.fitting import cross_validate, fit_bundle, load_bundle
-from ecoalign.downstream.sites import build_sites
-from ecoalign.downstream.spec import load_spec
-from ecoalign.embedding import write_embeddings
-from ecoalign.errors import EcoalignInputError
+from ecoalign.sdm.fitting import cross_validate, fit_bundle, load_bundle
+from ecoalign.sdm.sites import build_sites
+from ecoalign.sdm.spec import load_spec
+from ecoalign.aerial.embed import write_embeddings
+from ecoalign.core.errors import EcoalignInputError
 
 import conftest
 
@@ -103,8 +103,8 @@ def test_abundance_groups(world, tmp_path):
 def test_compare_writes_table_and_chart(world, tmp_path):
     spec = _spec(tmp_path, "plant_presence", target__min_presences=10, **FAST)
     other = tmp_path / "emb_noisy.parquet"
-    g = ecoalign.embedding.read_embeddings(world["emb"])
-    cols = ecoalign.embedding.embedding_columns(g)
+    g = ecoalign.aerial.embed.read_embeddings(world["emb"])
+    cols = ecoalign.aerial.embed.embedding_columns(g)
     g[cols] = np.random.default_rng(0).normal(size=(len(g), len(cols)))  # an encoder that sees nothing
     g.to_parquet(other)
     out = tmp_path / "cmp"

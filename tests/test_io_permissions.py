@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from ecoalign.io import atomic_dir, atomic_path, current_umask, write_json
+from ecoalign.core.io import atomic_dir, atomic_path, current_umask, write_json
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 
 import ecoalign
-from ecoalign import mapping
+from ecoalign.mapping import raster as mapping
 from ecoalign.cli import main
-from ecoalign.errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 import conftest
 
@@ -31,9 +31,9 @@ BIO1 = conftest.SHARED / "imagery" / "bioclim_montpellier" / "bio_1_crop_sample.
 
 def _fit(folder: Path, emb, env: list[dict] | None = None) -> Path:
     """A presence bundle (PCA + logistic) on embedding rows with two targets that depend on the embeddings."""
-    from ecoalign.downstream.fitting import fit_bundle
-    from ecoalign.downstream.sites import build_sites
-    from ecoalign.downstream.spec import spec_from_dict
+    from ecoalign.sdm.fitting import fit_bundle
+    from ecoalign.sdm.sites import build_sites
+    from ecoalign.sdm.spec import spec_from_dict
 
     score = emb["emb_000"] + emb["emb_005"]
     y = pd.DataFrame({"plot_id": emb["plot_id"], "sp_a": (score > score.median()).astype(int),
@@ -56,8 +56,8 @@ def _points(xy, crs):
 
 def _reference(plan, bundle, raster, encoder, rows, cols):
     """The same prediction the long way: embed_points at the window centres, env rasters sampled, bundle predict."""
-    from ecoalign.downstream.fitting import load_bundle
-    from ecoalign.downstream.sites import sample_rasters
+    from ecoalign.sdm.fitting import load_bundle
+    from ecoalign.sdm.sites import sample_rasters
 
     model, meta = load_bundle(bundle)
     pts = _points(mapping.window_centres(plan, rows, cols), plan.crs)
@@ -147,7 +147,7 @@ def test_resume_after_kill_is_byte_identical(gen, gen_map, tmp_path):
     """SIGKILL a mapping subprocess after some blocks; the resumed run skips them and yields the same bytes."""
     out = tmp_path / "map.tif"
     ledger = out.with_name("map.tif.partial") / "ledger.jsonl"
-    code = ("import ecoalign; from ecoalign.mapping import map_raster; "
+    code = ("import ecoalign; from ecoalign.mapping.raster import map_raster; "
             f"enc = ecoalign.load_encoder('dofa', size='small', wavelengths_um={WAVES}); "
             f"map_raster(enc, {str(gen['bundle'])!r}, {str(gen['raster'])!r}, {str(out)!r}, batch_size=4, "
             "block_px=2, progress=False)")

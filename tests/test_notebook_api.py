@@ -11,7 +11,7 @@ import pytest
 import ecoalign
 import ecoalign.accessor  # noqa: F401  (registers the accessors)
 import small_map_world
-from ecoalign.errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NOTEBOOK = EXAMPLES / "ecoalign_in_a_notebook.ipynb"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecoalign.organisms import evaluate as ev
+from ecoalign.organism import evaluate as ev
 
 ARCH = "ecoalign-tiny-vit"
 PRETRAIN_STEPS = 150
@@ -34,7 +34,7 @@ def _pretrain_general(world, out, steps=PRETRAIN_STEPS, batch=64, seed=0):
     from open_clip.loss import ClipLoss
 
     from ecoalign.encoders.organism import load_organism_encoder
-    from ecoalign.organisms.shards import read_general_pairs
+    from ecoalign.organism.shards import read_general_pairs
 
     torch.manual_seed(seed)
     enc = load_organism_encoder(f"open_clip:{ARCH}")
@@ -56,7 +56,7 @@ def _pretrain_general(world, out, steps=PRETRAIN_STEPS, batch=64, seed=0):
 
 
 def _general_pairs(n=200, seed=123):
-    from ecoalign.organisms.demo_world import draw_general_pair
+    from ecoalign.demo.organism_world import draw_general_pair
 
     rng = np.random.default_rng(seed)
     return [draw_general_pair(rng, 32) for _ in range(n)]
@@ -80,11 +80,11 @@ def results(tmp_path_factory):
     import pandas as pd
 
     from ecoalign.encoders.organism import load_organism_encoder
-    from ecoalign.organisms.curate import curate
-    from ecoalign.organisms.demo_world import generate_organism_world
-    from ecoalign.organisms.shards import iter_samples, shard_paths
-    from ecoalign.taxonomy import Taxon
-    from ecoalign.train.organism import train_organism
+    from ecoalign.organism.curate import curate
+    from ecoalign.demo.organism_world import generate_organism_world
+    from ecoalign.organism.shards import iter_samples, shard_paths
+    from ecoalign.data.taxonomy import Taxon
+    from ecoalign.organism.train import train_organism
 
     root = tmp_path_factory.mktemp("organism_claims")
     world = generate_organism_world(root / "world", seed=0, images_per_species=IMAGES_PER_SPECIES, image_px=32,

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ecoalign.encoders.organism import OrganismEncoder, load_organism_encoder
-from ecoalign.errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 TINY = "open_clip:ecoalign-tiny-vit"
 

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from ecoalign.errors import EcoalignInputError
-from ecoalign.organisms import evaluate as ev
-from ecoalign.organisms import intrinsic as intr
-from ecoalign.taxonomy import Taxon
+from ecoalign.core.errors import EcoalignInputError
+from ecoalign.organism import evaluate as ev
+from ecoalign.organism import intrinsic as intr
+from ecoalign.data.taxonomy import Taxon
 
 
 def _unit(*v):

@@ -17,16 +17,16 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import SHARED
 from ecoalign.cli import main
-from ecoalign.downstream.deep_maxent import DeepMaxent
-from ecoalign.downstream.downsampled import DownsampledBagging
-from ecoalign.downstream.ensemble import SpatialEnsemble
-from ecoalign.downstream.estimators import MultiSpeciesModel, balanced_weights, make_estimator
-from ecoalign.downstream.fitting import cross_validate, load_bundle
-from ecoalign.downstream.metrics import boyce_index, evaluate_presence, max_tss_threshold, threshold_rules
-from ecoalign.downstream.sites import build_sites
-from ecoalign.downstream.spec import spec_from_dict
-from ecoalign.downstream.species_model import available_cores, resolve_n_jobs
-from ecoalign.errors import EcoalignInputError
+from ecoalign.sdm.deep_maxent import DeepMaxent
+from ecoalign.sdm.downsampled import DownsampledBagging
+from ecoalign.sdm.ensemble import SpatialEnsemble
+from ecoalign.sdm.estimators import MultiSpeciesModel, balanced_weights, make_estimator
+from ecoalign.sdm.fitting import cross_validate, load_bundle
+from ecoalign.sdm.metrics import boyce_index, evaluate_presence, max_tss_threshold, threshold_rules
+from ecoalign.sdm.sites import build_sites
+from ecoalign.sdm.spec import spec_from_dict
+from ecoalign.sdm.species_model import available_cores, resolve_n_jobs
+from ecoalign.core.errors import EcoalignInputError
 
 DISDAT = SHARED / "occurrences" / "disdat_dev"
 FAST_ENSEMBLE = {"member_params": {"rf_down": {"n_estimators": 30}, "deep_maxent": {"epochs": 60}}}

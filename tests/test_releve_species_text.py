@@ -14,7 +14,7 @@ import conftest
 from ecoalign.encoders.organism import load_organism_encoder
 from ecoalign.encoders.releve import SetReleveEncoder
 from ecoalign.encoders.species_text import manifest_taxa, species_text_embeddings
-from ecoalign.errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 TABLE = pd.DataFrame([
     {"species": "Quercus robur", "kingdom": "Plantae", "phylum": "Tracheophyta", "class": "Magnoliopsida",

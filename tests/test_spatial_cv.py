@@ -17,8 +17,8 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from conftest import SHARED
 from ecoalign.data.splits import block_ids
-from ecoalign.downstream.spatial_cv import SpatialBlockKFold, make_cv
-from ecoalign.errors import EcoalignInputError
+from ecoalign.sdm.spatial_cv import SpatialBlockKFold, make_cv
+from ecoalign.core.errors import EcoalignInputError
 
 MITE_XY = SHARED / "soil_fauna" / "oribatid_mites" / "vegan_mite.xy.csv"
 

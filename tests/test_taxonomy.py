@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from ecoalign.errors import EcoalignInputError
-from ecoalign.taxonomy import RANKS, TEMPLATES, TEXT_TYPES, Taxon, captions, text
+from ecoalign.core.errors import EcoalignInputError
+from ecoalign.data.taxonomy import RANKS, TEMPLATES, TEXT_TYPES, Taxon, captions, text
 
 RAVEN = {"kingdom": "Animalia", "phylum": "Chordata", "class": "Aves", "order": "Passeriformes",
          "family": "Corvidae", "genus": "Corvus", "species": "corax"}

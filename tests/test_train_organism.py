@@ -16,8 +16,8 @@ from PIL import Image
 
 from ecoalign.cli import main
 from ecoalign.encoders.organism import load_organism_encoder
-from ecoalign.errors import EcoalignInputError
-from ecoalign.train.organism import SpeciesCaption, train_organism
+from ecoalign.core.errors import EcoalignInputError
+from ecoalign.organism.train import SpeciesCaption, train_organism
 
 SPECIES = [("Corvidae", "Corvus", "corax", "raven", (40, 40, 200)), ("Corvidae", "Corvus", "corone", "crow", (40, 40, 120)),
            ("Paridae", "Parus", "major", "great tit", (220, 200, 30)), ("Paridae", "Parus", "minor", None, (200, 120, 30))]
@@ -32,8 +32,8 @@ def _png(arr) -> bytes:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A tiny curated set in `ecoalign curate`'s layout (written with its shard writer) and general pairs."""
-    from ecoalign.organisms.shards import sample_record, write_shards
-    from ecoalign.taxonomy import TEXT_TYPES, Taxon, text
+    from ecoalign.organism.shards import sample_record, write_shards
+    from ecoalign.data.taxonomy import TEXT_TYPES, Taxon, text
 
     root = tmp_path_factory.mktemp("organisms")
     rng = np.random.default_rng(0)
@@ -76,7 +76,7 @@ def _kw(data, **extra):
 
 
 def test_mixed_and_fixed_captions(data):
-    from ecoalign.organisms.shards import iter_samples, shard_paths
+    from ecoalign.organism.shards import iter_samples, shard_paths
 
     samples = list(iter_samples(shard_paths(data / "curated", "train"), decode=False))
     raven = next(i for i, s in enumerate(samples) if s["taxon"].epithet == "corax")

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from ..errors import EcoalignInputError
-from ..io import sha256_file
-from ..paths import cache_dir, resolve_manifest
+from ecoalign.core.errors import EcoalignInputError
+from ecoalign.core.io import sha256_file
+from ecoalign.core.paths import cache_dir, resolve_manifest
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _generate(generator: str, root: Path, options: dict[str, Any]) -> None:
     if generator == "demo":
         if (root / "SHA256SUMS").exists():
             return
-        from .demo_world import generate_demo_world
+        from ecoalign.demo.aerial_world import generate_demo_world
 
         log.info("generating the demo world into %s (first use)", root)
         generate_demo_world(root, **options)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 SKIP_OUTSIDE = "outside_raster"
 SKIP_NODATA = "mostly_nodata"

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 
 X_NAMES = ("x", "easting", "east", "lon", "longitude")

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from ..errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 # Cover-class scales to percent cover (class midpoints). A manifest may name one or give its own mapping.
 COVER_SCALES: dict[str, dict[str, float]] = {

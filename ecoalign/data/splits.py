@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 SPLITS = ("train", "val", "test")
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 SIZES = {"small": "dofa_small_patch16_224", "base": "dofa_base_patch16_224", "large": "dofa_large_patch16_224"}
 EMBED_DIMS = {"small": 384, "base": 768, "large": 1024}
@@ -104,7 +104,7 @@ def build_dofa(size: str = "base", weights: str | None = "none"):
     import torch
     import torchgeo.models as tgm
 
-    from ..io import sha256_file
+    from ecoalign.core.io import sha256_file
 
     if size not in SIZES:
         raise EcoalignInputError(f"unknown DOFA size '{size}'", expected=f"one of {sorted(SIZES)}")

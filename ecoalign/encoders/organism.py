@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import EcoalignInputError
-from ..io import atomic_path, sha256_file, write_json
+from ecoalign.core.errors import EcoalignInputError
+from ecoalign.core.io import atomic_path, sha256_file, write_json
 
 CONFIG_DIR = Path(__file__).with_name("open_clip_configs")
 TINY_CONFIGS: dict[str, dict] = {p.stem: json.loads(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.json"))}

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import EcoalignInputError
+from ecoalign.core.errors import EcoalignInputError
 
 
 class DOFAEncoder:
@@ -19,7 +19,7 @@ class DOFAEncoder:
 
     def __init__(self, model, info, wavelengths_um: Sequence[float], band_mean=None, band_std=None, adapter=None,
                  patch_size_m: float | None = None, metadata: dict | None = None):
-        from .dofa import DOFAFeatures
+        from ecoalign.encoders.dofa import DOFAFeatures
 
         self.model = model
         self.info = info
@@ -99,8 +99,8 @@ class DOFAEncoder:
 def _load_adapted(run_dir: Path) -> DOFAEncoder:
     import torch
 
-    from .adapter import ImageAdapter
-    from .dofa import build_dofa
+    from ecoalign.encoders.adapter import ImageAdapter
+    from ecoalign.encoders.dofa import build_dofa
 
     meta_path = run_dir / "encoder" / "encoder.json"
     meta = json.loads(meta_path.read_text())
@@ -116,7 +116,7 @@ def _load_adapted(run_dir: Path) -> DOFAEncoder:
     adapter = ImageAdapter(bb["embed_dim"], int(meta["adapter"]["mlp_hidden"]))
     adapter.load_state_dict(torch.load(run_dir / "encoder" / "adapter.pt", map_location="cpu", weights_only=True))
     adapter.eval().requires_grad_(False)
-    from ..io import sha256_file
+    from ecoalign.core.io import sha256_file
 
     meta = {**meta, "run_dir": str(run_dir.resolve()), "adapter_sha256": sha256_file(run_dir / "encoder" / "adapter.pt")}
     return DOFAEncoder(model, info, meta["wavelengths_um"], meta["band_mean"], meta["band_std"], adapter,
@@ -137,13 +137,13 @@ def load_encoder(name_or_path, *, size: str = "base", weights: str = "none",
                  wavelengths_um: Sequence[float] | None = None, band_mean=None, band_std=None) -> DOFAEncoder:
     """``"dofa"`` for frozen DOFA (give wavelengths), the directory of an ``ecoalign adapt`` run, or an organism
     CLIP encoder (a ``train-organism`` run directory, ``open_clip:ARCH`` with ``weights=``, ``bioclip``)."""
-    from .dofa import build_dofa
+    from ecoalign.encoders.dofa import build_dofa
 
     path = Path(str(name_or_path))
     if (path / "encoder" / "encoder.json").exists():
         return _load_adapted(path)
     if is_organism_encoder(name_or_path):
-        from .organism import load_organism_encoder
+        from ecoalign.encoders.organism import load_organism_encoder
 
         return load_organism_encoder(name_or_path, weights=None if weights == "none" else weights)
     if str(name_or_path) == "dofa":

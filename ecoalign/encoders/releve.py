@@ -49,7 +49,7 @@ class SetReleveEncoder(nn.Module):
         else:
             species_text = torch.as_tensor(species_text, dtype=torch.float32)
             if species_text.ndim != 2 or species_text.shape[0] != n_species:
-                from ..errors import EcoalignInputError
+                from ecoalign.core.errors import EcoalignInputError
 
                 raise EcoalignInputError(f"species text embeddings of shape {tuple(species_text.shape)}",
                                          expected=f"({n_species} species, text dim)")
@@ -67,7 +67,7 @@ class SetReleveEncoder(nn.Module):
         """(S, H) species tokens: learned, or projected text embeddings (of another species list if given)."""
         if self.text_proj is None:
             if species_text is not None:
-                from ..errors import EcoalignInputError
+                from ecoalign.core.errors import EcoalignInputError
 
                 raise EcoalignInputError("this relevé encoder learned one embedding per training species",
                                          expected="releve_encoder=organism_text to encode other species lists")
@@ -91,7 +91,7 @@ RELEVE_ENCODERS = {"mlp": MLPReleveEncoder, "attention": SetReleveEncoder}
 
 def build_releve_encoder(kind: str, n_species: int, out_dim: int, **kwargs) -> nn.Module:
     if kind not in RELEVE_ENCODERS:
-        from ..errors import EcoalignInputError
+        from ecoalign.core.errors import EcoalignInputError
 
         raise EcoalignInputError(f"unknown relevé encoder '{kind}'", expected=f"one of {sorted(RELEVE_ENCODERS)}")
     return RELEVE_ENCODERS[kind](n_species, out_dim, **kwargs)

@@ -10,8 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import EcoalignInputError
-from ..taxonomy import RANKS
+from ecoalign.core.errors import EcoalignInputError
+from ecoalign.data.taxonomy import RANKS
 
 
 
@@ -19,7 +19,7 @@ def manifest_taxa(manifest, species: Sequence[str]) -> tuple[list, list[str]]:
     """Taxon per species name from the manifest's species table (None where the table lacks it), and notes."""
     import pandas as pd
 
-    from ..taxonomy import Taxon
+    from ecoalign.data.taxonomy import Taxon
 
     if manifest.species is None:
         return [None] * len(species), ["the manifest has no species table: species are embedded by name only"]
@@ -46,7 +46,7 @@ def manifest_taxa(manifest, species: Sequence[str]) -> tuple[list, list[str]]:
 def species_text_embeddings(encoder, species: Sequence[str], taxa: Sequence, text_type: str = "taxonomic",
                             templates: Sequence[str] | None = None) -> np.ndarray:
     """(S, D) L2-normalised text embeddings, averaged over CLIP templates (zero-shot classifier practice)."""
-    from ..taxonomy import TEMPLATES, text
+    from ecoalign.data.taxonomy import TEMPLATES, text
 
     templates = list(templates or TEMPLATES)
     texts = [text(t, text_type) if t is not None else str(name) for name, t in zip(species, taxa)]
@@ -60,7 +60,7 @@ def releve_species_text(cfg: dict, manifest, species: Sequence[str]) -> tuple[di
     record of what was used (for the run report)."""
     import torch
 
-    from .organism import load_organism_encoder
+    from ecoalign.encoders.organism import load_organism_encoder
 
     if cfg.get("kind") != "attention":
         raise EcoalignInputError(f"species text tokens need the set (attention) relevé encoder, not '{cfg.get('kind')}'",

@@ -1,0 +1,56 @@
+"""``ecoalign map``: a fitted species model over a raster of any size -> multi-band Cloud-Optimized GeoTIFF."""
+from __future__ import annotations
+
+from ecoalign.core.errors import EcoalignInputError
+
+
+def register(sub) -> dict:
+    p = sub.add_parser("map", help="species-model map of a raster -> COG (one band per target) + quicklook PNG",
+                       description="Slide a window of the model's patch size over the raster (the stride sets the "
+                                   "output resolution), embed the windows, predict every target, and write a tiled, "
+                                   "compressed Cloud-Optimized GeoTIFF. A killed run resumes from <out>.partial/.")
+    p.add_argument("--encoder", required=True,
+                   help="'dofa' (frozen DOFA: size, weights and wavelengths taken from the bundle), "
+                        "'dofa-small'/'dofa-base', or an `ecoalign adapt` run directory")
+    p.add_argument("--model", required=True, help="model bundle directory written by `ecoalign fit`")
+    p.add_argument("--raster", required=True, help="GeoTIFF with the encoder's bands, in the model's CRS")
+    p.add_argument("--env-rasters", nargs="*", default=[], metavar="[NAME=]PATH",
+                   help="environmental rasters of the model, by name or in the model's order "
+                        "(default: the paths stored in the bundle)")
+    p.add_argument("--out", required=True, help="output .tif (a quicklook <stem>_quicklook.png is written beside it)")
+    p.add_argument("--stride-m", type=float, default=None,
+                   help="distance between window centres = output pixel size, metres (default: the window size)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per encoder batch (default 32)")
+    p.add_argument("--wavelengths", default=None,
+                   help="band wavelengths in µm, comma separated, for frozen DOFA (default: from the bundle)")
+    p.add_argument("--weights", default=None,
+                   help="frozen DOFA weights: torchgeo enum name, checkpoint path, or none (default: from the bundle)")
+    p.add_argument("--max-nodata-fraction", type=float, default=0.5,
+                   help="windows with more invalid pixels than this are written as nodata (default 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--scheduler", default=None, help="dask distributed scheduler address (tcp://host:8786)")
+    group.add_argument("--workers", type=int, default=None, help="a local dask cluster with N worker processes")
+    p.add_argument("--no-quicklook", action="store_true", help="skip the PNG quicklook")
+    p.add_argument("--no-progress", action="store_true")
+    return {"map": map_verb}
+
+
+def map_verb(args) -> int:
+    from ecoalign.mapping.raster import map_raster
+
+    wavelengths = None
+    if args.wavelengths:
+        try:
+            wavelengths = [float(w) for w in args.wavelengths.split(",")]
+        except ValueError:
+            raise EcoalignInputError(f"bad --wavelengths {args.wavelengths!r}",
+                                     expected="numbers in µm, e.g. 0.49,0.56,0.665") from None
+    if args.batch_size < 1:
+        raise EcoalignInputError(f"--batch-size {args.batch_size}", expected="a positive number of windows")
+    map_raster(args.encoder, args.model, args.raster, args.out, env_rasters=args.env_rasters, stride_m=args.stride_m,
+               batch_size=args.batch_size, overwrite=args.overwrite, scheduler=args.scheduler, workers=args.workers,
+               quicklook=not args.no_quicklook, progress=not args.no_progress,
+               max_nodata_fraction=args.max_nodata_fraction, wavelengths_um=wavelengths,
+               weights=args.weights)
+    return 0

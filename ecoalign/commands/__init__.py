@@ -1,1 +1,0 @@
-"""CLI verbs in their own modules: each exposes ``register(subparsers) -> {verb: function}``."""

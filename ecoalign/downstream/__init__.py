@@ -1,1 +1,0 @@
-"""Downstream ecology: species models fitted on embeddings or covariates, and presence-only helpers."""

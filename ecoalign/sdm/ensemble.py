@@ -1,0 +1,226 @@
+"""The default presence-only model: spatial-fold committees of several SDMs, members chosen by spatial CV.
+
+Each member (e.g. the down-sampled forest and DeepMaxent) is fitted once per spatial-block fold on the other
+folds. That one pass gives three things at the cost of a single cross-validation and no refit:
+
+- honest out-of-fold predictions for every site (``oof_``), from which the thresholds are chosen and on
+  which members are compared: a member whose mean out-of-fold AUC is more than ``selection_margin`` below
+  the best is dropped (``member_cv_auc_``, ``selected_``), per task, on the training data only;
+- the final prediction, the mean over the committee of every selected member (a bagging ensemble);
+- its spread between committee members (``predict_spread``), an honest uncertainty for maps.
+
+Members speak different scales (cloglog, balanced-sample probability), so each fold model's score is put on
+one scale first: the share of the reference background (the landscape sample) it scores lower, read from
+1,001 stored quantiles. An output of 0.9 means "more suitable than 90 % of the landscape"; presence-only data
+identify no absolute probability of presence, so this relative suitability is what can be said honestly,
+and the stored thresholds live on the same scale.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from ecoalign.core.errors import EcoalignInputError
+from ecoalign.sdm.species_model import SpeciesModelMixin, as_features, as_targets, resolve_n_jobs
+
+log = logging.getLogger(__name__)
+
+MEMBERS = ("rf_down", "deep_maxent", "maxent", "lightgbm_down", "lightgbm")
+# per fold model: a committee of 3 folds holds 300 down-sampled trees per species
+MEMBER_DEFAULTS = {"rf_down": {"n_estimators": 100}}
+_LEVELS = np.linspace(0.0, 1.0, 1001)
+
+
+def _make_member(name: str, params: dict, n_jobs: int):
+    if name == "deep_maxent":
+        from ecoalign.sdm.deep_maxent import DeepMaxent
+
+        return DeepMaxent(min_presences=1, n_jobs=n_jobs, **params)
+    from ecoalign.sdm.estimators import MultiSpeciesModel
+
+    return MultiSpeciesModel(estimator=name, params=params or None, task="presence", min_presences=1,
+                             n_jobs=n_jobs, missing_targets="ignore")
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    from ecoalign.sdm.metrics import _auc as fast_auc
+
+    return fast_auc(y.astype(bool), s)
+
+
+class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
+    """Multi-species presence-only ensemble (see the module docstring); scikit-learn style.
+
+    Parameters
+    ----------
+    members : member model names from ``MEMBERS`` (default the down-sampled forest and DeepMaxent).
+    member_params : ``{member: {param: value}}`` for the members (e.g. ``{"rf_down": {"n_estimators": 300}}``).
+    folds : spatial-block folds (each member is fitted this many times).
+    block_size : block side in the coordinates' units (default a tenth of the larger side of the extent).
+    selection_margin : members whose mean out-of-fold AUC is further than this below the best are dropped.
+    reference_size : background rows whose scores define the common scale (a seeded sample).
+    min_presences, n_jobs, random_state : as for the other species models.
+    spatial : False for random folds (a spec's ``cv: {scheme: random}``), even when coordinates are given.
+
+    ``fit(X, Y, coords=(n, 2))``: ``Y`` as for :class:`~ecoalign.sdm.deep_maxent.DeepMaxent`. Without
+    ``coords`` the folds are random (a warning says so): spatial folds need the sites' coordinates.
+    """
+
+    def __init__(self, members: Sequence[str] = ("rf_down", "deep_maxent"), member_params: dict | None = None,
+                 folds: int = 3, block_size: float | None = None, selection_margin: float = 0.02,
+                 reference_size: int = 2000, min_presences: int = 2, n_jobs=-1, random_state: int = 0,
+                 spatial: bool = True):
+        self.spatial = spatial
+        self.members = members
+        self.member_params = member_params
+        self.folds = folds
+        self.block_size = block_size
+        self.selection_margin = selection_margin
+        self.reference_size = reference_size
+        self.min_presences = min_presences
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ fit
+    def _check(self) -> list[str]:
+        members = [self.members] if isinstance(self.members, str) else list(self.members)
+        unknown = [m for m in members if m not in MEMBERS]
+        if unknown or not members:
+            raise EcoalignInputError(f"ensemble members {unknown or members}", where="members",
+                                     expected=f"a non-empty list from {list(MEMBERS)}")
+        extra = sorted(set(self.member_params or {}) - set(members))
+        if extra:
+            raise EcoalignInputError(f"member_params for {extra}, which are not members", where="member_params",
+                                     expected=f"keys among the members {members}")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, (int, np.integer)) or self.folds < 2:
+            raise EcoalignInputError(f"folds={self.folds!r}", where="folds", expected="an integer >= 2")
+        return members
+
+    def _splits(self, n: int, coords) -> list[tuple[np.ndarray, np.ndarray]]:
+        if coords is None or not self.spatial:
+            from sklearn.model_selection import KFold
+
+            if self.spatial:
+                warnings.warn("SpatialEnsemble got no coords: its folds are random, so out-of-fold skill and "
+                              "thresholds ignore spatial autocorrelation; pass coords=(n, 2)", UserWarning,
+                              stacklevel=3)
+            return list(KFold(self.folds, shuffle=True, random_state=self.random_state).split(np.zeros(n)))
+        from ecoalign.sdm.spatial_cv import SpatialBlockKFold
+
+        xy = np.asarray(coords, dtype=float)
+        if xy.shape != (n, 2) or not np.isfinite(xy).all():
+            raise EcoalignInputError(f"coords have shape {xy.shape} (or NaN values)", where="coords",
+                                     expected=f"({n}, 2) finite x, y, one per row of X")
+        block = self.block_size or float(np.ptp(xy, axis=0).max()) / 10.0
+        if not block > 0:
+            raise EcoalignInputError("all sites share one location", where="coords", expected="sites spread in space")
+        return list(SpatialBlockKFold(self.folds, block_size=block, random_state=self.random_state).split(coords=xy))
+
+    def fit(self, X, Y, coords=None, species: Sequence[str] | None = None):
+        members = self._check()
+        Xa, names = as_features(X)
+        Ya, species_names, one_d = as_targets(Y, Xa.shape[0], species, allow_nan=True)
+        self._set_feature_names(Xa, names)
+        skipped = self._skip_reasons(Ya, species_names)
+        keep = [j for j, s in enumerate(species_names) if s not in skipped]
+        self._finish_species(species_names, skipped, keep, one_d)
+        Yk = Ya[:, keep]
+        used = np.isfinite(Yk)
+        pres = used & (np.nan_to_num(Yk) > 0)
+        S = len(keep)
+
+        # reference rows: sites that are background/absence for every species they take part in
+        rng = np.random.default_rng(self.random_state)
+        pure = np.flatnonzero(~pres.any(axis=1) & used.any(axis=1))
+        ref = pure if len(pure) >= 50 else np.arange(len(Xa))
+        self.reference_rows_ = np.sort(rng.choice(ref, min(len(ref), int(self.reference_size)), replace=False))
+
+        threads = resolve_n_jobs(self.n_jobs)
+        params = self.member_params or {}
+        splits = self._splits(len(Xa), coords)
+        self.components_: list[tuple[str, object, np.ndarray]] = []  # (member, fitted fold model, quantiles)
+        oof = {m: np.full((len(Xa), S), np.nan) for m in members}
+        for k, (train, test) in enumerate(splits):
+            for m in members:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="skipped .* species", category=UserWarning)
+                    warnings.filterwarnings("ignore", message="dropping .* constant", category=UserWarning)
+                    try:
+                        model = _make_member(m, {**MEMBER_DEFAULTS.get(m, {}), **params.get(m, {})}, threads).fit(
+                            Xa[train], Yk[train], species=self.species_)
+                    except EcoalignInputError as exc:  # e.g. no species has presences in this fold
+                        log.warning("fold %d, member %s not fitted: %s", k + 1, m, exc)
+                        continue
+                quant = self._quantiles(model, Xa[self.reference_rows_])
+                self.components_.append((m, model, quant))
+                oof[m][test] = self._component_scores(model, quant, Xa[test])
+            log.info("ensemble fold %d/%d fitted (%s)", k + 1, len(splits), ", ".join(members))
+        if not self.components_:
+            raise EcoalignInputError("no ensemble member could be fitted in any fold", where="Y",
+                                     expected="more presences per fold (fewer folds or larger data)")
+
+        # members compared on out-of-fold AUC (presences vs background/absences), mean over species
+        self.member_cv_auc_ = {}
+        for m in members:
+            aucs = []
+            for j in range(S):
+                ok = used[:, j] & np.isfinite(oof[m][:, j])
+                if pres[ok, j].any() and (~pres[ok, j]).any():
+                    aucs.append(_auc(pres[ok, j], oof[m][ok, j]))
+            self.member_cv_auc_[m] = float(np.mean(aucs)) if aucs else float("nan")
+        scored = {m: a for m, a in self.member_cv_auc_.items() if np.isfinite(a)}
+        best = max(scored.values()) if scored else np.nan
+        self.selected_ = [m for m in members if m in scored and scored[m] >= best - float(self.selection_margin)] \
+            or members
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: site not used for that species
+            self.oof_ = np.nanmean(np.stack([oof[m] for m in self.selected_]), axis=0)
+        self.oof_[~used] = np.nan
+        log.info("ensemble members (out-of-fold AUC): %s; selected %s",
+                 {m: round(a, 4) for m, a in self.member_cv_auc_.items()}, self.selected_)
+        return self
+
+    def _quantiles(self, model, X_ref: np.ndarray) -> np.ndarray:
+        """(1001, S) quantiles of the fold model's scores on the reference rows, NaN for species it lacks."""
+        q = np.full((len(_LEVELS), len(self.species_)), np.nan)
+        proba = model.predict_proba(X_ref)
+        for i, s in enumerate(model.species_):
+            q[:, self.species_.index(s)] = np.quantile(proba[:, i], _LEVELS)
+        return q
+
+    def _component_scores(self, model, quant: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """(n, S) share of the reference scored lower (ties count half), NaN for species the model lacks."""
+        out = np.full((len(X), len(self.species_)), np.nan)
+        proba = model.predict_proba(X)
+        for i, s in enumerate(model.species_):
+            j = self.species_.index(s)
+            q = quant[:, j]
+            lo = np.searchsorted(q, proba[:, i], side="left")
+            hi = np.searchsorted(q, proba[:, i], side="right")
+            out[:, j] = np.clip((lo + hi) / 2.0 / (len(q) - 1), 0.0, 1.0)
+        return out
+
+    def _components(self, X) -> np.ndarray:
+        check_is_fitted(self, "components_")
+        Xa = self._features(X)
+        return np.stack([self._component_scores(model, quant, Xa)
+                         for m, model, quant in self.components_ if m in self.selected_])
+
+    # -------------------------------------------------------------- predict
+    def predict_proba(self, X) -> np.ndarray:
+        """Relative suitability in [0, 1] (share of the landscape sample scored lower), (n, len(species_))."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out = np.nanmean(self._components(X), axis=0)
+        return np.nan_to_num(out, nan=0.0)
+
+    def predict_spread(self, X) -> np.ndarray:
+        """Standard deviation of the committee's scores, (n, len(species_)): the ensemble's uncertainty."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nan_to_num(np.nanstd(self._components(X), axis=0), nan=0.0)

@@ -1,1 +1,0 @@
-"""Training: the one-time backbone embedding pass and the anchored contrastive alignment."""
