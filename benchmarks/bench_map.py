@@ -89,7 +89,7 @@ def make_bundle(folder: Path, raster: Path, encoder) -> Path:
 def run_ecoalign(encoder, bundle, raster, out, batch_size) -> tuple[float, np.ndarray]:
     import rasterio
 
-    from ecoalign.mapping.raster import map_raster
+    from ecoalign.mapping import map_raster
 
     t0 = time.perf_counter()
     map_raster(encoder, bundle, raster, out, batch_size=batch_size, overwrite=True, quicklook=False, progress=False)
@@ -155,7 +155,7 @@ def run_naive(encoder, bundle, raster, out, batch_size, num_workers) -> tuple[fl
 
 def rss_child(raster: str, bundle: str, out: str) -> None:
     """Runs in a fresh process: map one raster and print peak RSS."""
-    from ecoalign.mapping.raster import map_raster
+    from ecoalign.mapping import map_raster
 
     t0 = time.perf_counter()
     map_raster("dofa", bundle, raster, out, overwrite=True, quicklook=False, progress=False)
@@ -167,7 +167,7 @@ def gpu_figures(encoder, bundle, raster, folder, batch_size) -> None:
     """bf16 tiles/s of the full pipeline vs encoder-only forward throughput on CUDA (not run without a GPU)."""
     import torch
 
-    from ecoalign.mapping.raster import map_raster
+    from ecoalign.mapping import map_raster
 
     if not torch.cuda.is_available():
         print("gpu: no CUDA device here; the bf16 autocast path is written but not measured")

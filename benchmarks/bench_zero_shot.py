@@ -52,7 +52,8 @@ def main() -> None:
     from bioclip.predict import OPENA_AI_IMAGENET_TEMPLATE, CustomLabelsClassifier
 
     from ecoalign.encoders.organism import load_organism_encoder, register_tiny_configs
-    from ecoalign.organism.evaluate import custom_classes, predict_folder
+    from ecoalign.organism.evaluate import custom_classes
+    from ecoalign.organism.predict import predict_folder
 
     register_tiny_configs()
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 ``da.ecoalign.embed(encoder)`` gives a grid of window embeddings, ``da.ecoalign.embed(encoder, points=gdf)`` a
 table of point embeddings, ``da.ecoalign.predict(bundle, encoder)`` a species map, ``gdf.ecoalign.embed(raster,
 encoder)`` the point embeddings. An in-memory array is written once to a temporary GeoTIFF and then goes through
-the very code the CLI runs (``embed_points``, ``ecoalign.mapping.raster``), so a notebook gets the numbers
+the very code the CLI runs (``embed_points``, ``ecoalign.mapping``), so a notebook gets the numbers
 ``ecoalign embed`` / ``ecoalign map`` would give.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ WAVELENGTHS_ATTR = "wavelengths_um"  # a DataArray attribute that names its band
 
 def _encoder(encoder, wavelengths_um: Sequence[float] | None):
     """An encoder object, an adapt run directory, or ``dofa[-small|-base|-large]`` (wavelengths needed)."""
-    from ecoalign.mapping.raster import resolve_encoder
+    from ecoalign.mapping.loading import resolve_encoder
 
     if isinstance(encoder, (str, Path)) and str(encoder).startswith("dofa") and wavelengths_um is None:
         raise EcoalignInputError(f"encoder '{encoder}' needs the band wavelengths",
@@ -72,6 +72,11 @@ class EcoalignDataArray:
         return da.transpose(other[0], y, x)
 
     def _checked(self, encoder) -> xr.DataArray:
+        from ecoalign.encoders.base import WindowEncoder
+
+        if not isinstance(encoder, WindowEncoder):
+            raise EcoalignInputError(f"{encoder!r} does not embed multispectral raster windows",
+                                     expected="an image-window encoder: 'dofa' or an `ecoalign adapt` run directory")
         da = self._bands_first()
         n = da.shape[0]
         if n != len(encoder.wavelengths_um):
@@ -119,7 +124,8 @@ class EcoalignDataArray:
         from rasterio.transform import Affine
 
         from ecoalign.sdm.fitting import load_bundle
-        from ecoalign.mapping.raster import compute_block, plan_map
+        from ecoalign.mapping.blocks import compute_block
+        from ecoalign.mapping.plan import plan_map
 
         enc = self._resolve(encoder, wavelengths_um)
         da = self._checked(enc)
@@ -150,7 +156,7 @@ class EcoalignDataArray:
 # the grid of window embeddings
 
 def _grid_coords(plan) -> dict:
-    from ecoalign.mapping.raster import window_centres
+    from ecoalign.mapping.plan import window_centres
 
     xs = window_centres(plan, np.zeros(plan.width), np.arange(plan.width))[:, 0]
     ys = window_centres(plan, np.arange(plan.height), np.zeros(plan.height))[:, 1]
@@ -166,7 +172,8 @@ def _embedding_grid(encoder, tif: Path, *, window_m, stride_m, batch_size: int, 
     from rasterio.transform import Affine
 
     from ecoalign.aerial.embed import EMBED_PREFIX
-    from ecoalign.mapping.raster import embed_windows, plan_windows, read_block
+    from ecoalign.mapping.blocks import embed_windows, read_block
+    from ecoalign.mapping.plan import plan_windows
 
     plan = plan_windows(encoder, tif, window_m=window_m, stride_m=stride_m, max_nodata_fraction=max_nodata_fraction)
     dim = encoder.embed_dim

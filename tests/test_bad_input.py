@@ -540,7 +540,9 @@ def test_adapt_errors_when_no_releve_plot_id_is_in_the_plots_file(tmp_path, monk
     assert "relevés: ['bcnp" in msg and "plots: ['50001', '50002', '50003']" in msg  # both files' ids
     assert "1 plot(s) lack coordinates" in msg
     assert "column 'plotcode'" in msg
-    assert not (tmp_path / "run" / "report.json").exists()
+    assert not (tmp_path / "run").exists()  # a run that failed before its first step leaves nothing behind
+    with pytest.raises(EcoalignInputError, match="none of the 160"):  # so the same command runs again, not refused
+        ecoalign.adapt([f"data.manifest={manifest}", *FAST], out=str(tmp_path / "run"))
 
 
 @pytest.mark.slow
@@ -562,3 +564,16 @@ def test_adapt_errors_when_every_plot_is_outside_the_raster(tmp_path):
     assert "no plot could be paired with the imagery (skipped: {'outside_raster': 159})" in msg
     assert "inside the raster footprint" in msg
     assert not (tmp_path / "run" / "report.json").exists()
+
+
+def test_manifest_with_a_misspelt_key_is_refused(tmp_path):
+    write_raster(tmp_path / "tiny.tif", np.full((3, 10, 10), 9))
+    (tmp_path / "plots.csv").write_text("plot_id,x,y\na,1,2\n")
+    (tmp_path / "rel.csv").write_text("plot_id,species,cover\na,X y,1\n")
+    body = {"imagery": {"files": ["tiny.tif"], "wavelength_um": RGB}, "plots": {"path": "plots.csv"},
+            "releves": {"path": "rel.csv"}}
+    with pytest.raises(EcoalignInputError, match=r"imagery: unknown key 'wavelength_um' \(did you mean 'wavelengths_um'"):
+        load_manifest(write_manifest(tmp_path, body))
+    body = {**body, "imagery": {"files": ["tiny.tif"], "wavelengths_um": RGB}, "relevés": {"path": "rel.csv"}}
+    with pytest.raises(EcoalignInputError, match="top level: unknown key 'relevés'"):
+        load_manifest(write_manifest(tmp_path, body))

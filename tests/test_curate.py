@@ -54,7 +54,7 @@ def test_splits_disjoint_unseen_species_absent_from_train_and_shards_readable(tm
     table, _ = _table(tmp_path / "data")
     out = tmp_path / "cur"
     rec = curate(table, out, unseen_species="Parus major", unseen_fraction=0.25, val_fraction=0.2,
-                 test_fraction=0.2, shard_size=7, seed=3, progress=False, log=lambda *_: None)
+                 test_fraction=0.2, shard_size=7, seed=3, progress=False)
     parts = _split_of(out)
     keys = [set(p["sha256"]) for p in parts.values()]
     assert sum(len(k) for k in keys) == len(set().union(*keys)) == 30  # no image in two splits
@@ -113,7 +113,8 @@ def test_bad_rows_missing_ranks_truncated_duplicates_across_splits(tmp_path, cap
     df.to_csv(table, index=False)
 
     assert main(["curate", str(table), "--out", str(tmp_path / "cur"), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err  # the library's log on stderr, the command's summary on stdout
     rec = json.loads((tmp_path / "cur" / "curation.json").read_text())
     unreadable = {Path(u["source"]).name: u["reason"] for u in rec["unreadable"]}
     assert set(unreadable) == {"truncated.jpg", "not_an_image.jpg", "missing.jpg"}
@@ -139,7 +140,7 @@ def test_eval_set_leakage_refused_unless_allowed_and_eval_images_removed(tmp_pat
     shutil.copy(table.parent / df.at[0, "Path"], ev / "same_photo.jpg")  # an exact duplicate of a training image
     pd.DataFrame([{"file": "same_photo.jpg", **LINEAGE, "family": "Corvidae", "genus": "Corvus",
                    "species": "corax"}]).to_csv(ev / "eval.csv", index=False)
-    kwargs = dict(eval_sets={"birds": ev / "eval.csv"}, progress=False, log=lambda *_: None)
+    kwargs = dict(eval_sets={"birds": ev / "eval.csv"}, progress=False)
     with pytest.raises(EcoalignInputError, match=r"birds: Corvus corax.*--allow-leakage"):
         curate(table, tmp_path / "cur", **kwargs)
     assert not (tmp_path / "cur").exists()
@@ -157,7 +158,7 @@ def test_include_exclude_min_max_filters(tmp_path):
     table, df = _table(tmp_path / "data", per_species=5)
     df = df[~((df["genus"] == "Pica") & df["Path"].str.endswith(("_3.jpg", "_4.jpg")))]  # Pica: 3 images
     df.to_csv(table, index=False)
-    quiet = dict(progress=False, log=lambda *_: None, val_fraction=0, test_fraction=0)
+    quiet = dict(progress=False, val_fraction=0, test_fraction=0)
     curate(table, tmp_path / "a", include=["family=corvidae"], exclude=["species=Corvus corone"], **quiet)
     assert set(pd.read_parquet(tmp_path / "a" / "metadata.parquet")["species"]) == {"Corvus corax", "Pica pica"}
     rec = curate(table, tmp_path / "b", min_per_species=4, max_per_species=4, seed=1, **quiet)
@@ -179,7 +180,7 @@ def test_offline_urls_give_a_clear_error(tmp_path):
     pd.DataFrame([{"url": "http://127.0.0.1:9/photo.jpg", **LINEAGE, "family": "Corvidae", "genus": "Corvus",
                    "species": "Corvus corax"}]).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(EcoalignInputError, match=r"URLs could be fetched \(offline\?\)"):
-        curate(tmp_path / "t.csv", tmp_path / "cur", progress=False, log=lambda *_: None)
+        curate(tmp_path / "t.csv", tmp_path / "cur", progress=False)
     assert main(["curate", str(tmp_path / "t.csv"), "--out", str(tmp_path / "cur"), "--no-progress"]) == 2
 
 
@@ -194,7 +195,7 @@ def test_semi_global_shuffle_is_a_permutation_that_mixes_chunks():
 def test_real_labelled_photos_insects_kept_at_order(tmp_path):
     need_shared()
     labels = SHARED / "organisms" / "labels.csv"
-    rec = curate(labels, tmp_path / "cur", progress=False, log=lambda *_: None)
+    rec = curate(labels, tmp_path / "cur", progress=False)
     kept = [m for m in rec["missing_ranks"]]
     assert len(kept) == 18 and {m["kept_at"] for m in kept} == {"order"}
     assert rec["unreadable"] == [] and rec["steps"][-1]["after"] == 34

@@ -83,11 +83,15 @@ def test_enum_weights_found_in_hub_cache_load_through_torchgeo(tmp_path, monkeyp
     assert info.weights == "DOFABase16_Weights.DOFA_MAE" and not info.random_weights
     k = "blocks.0.attn.qkv.weight"
     assert torch.equal(model.state_dict()[k], state[k])
+    _, by_full_name = build_dofa("base", "DOFABase16_Weights.DOFA_MAE")  # torchgeo.models.get_weight's names too
+    assert by_full_name == info
 
 
 def test_unknown_enum_and_size():
     with pytest.raises(EcoalignInputError, match="unknown weights 'DOFA_XYZ'.*DOFA_MAE"):
         build_dofa("base", "DOFA_XYZ")
+    with pytest.raises(EcoalignInputError, match="unknown weights 'DOFALarge16_Weights.DOFA_MAE' for DOFA-base"):
+        build_dofa("base", "DOFALarge16_Weights.DOFA_MAE")  # another size's weights
     with pytest.raises(EcoalignInputError, match="no pretrained weights for DOFA-small"):
         build_dofa("small", "DOFA_MAE")
     with pytest.raises(EcoalignInputError, match="unknown DOFA size 'huge'"):

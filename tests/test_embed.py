@@ -8,7 +8,7 @@ from shapely.geometry import Point
 
 import ecoalign
 from ecoalign.cli import main
-from ecoalign.aerial.embed import embed_points, embedding_columns, read_embeddings
+from ecoalign.aerial.embed import embed, embed_points, embedding_columns, read_embeddings
 from ecoalign.core.errors import EcoalignInputError
 
 from conftest import write_raster
@@ -69,7 +69,7 @@ def test_cli_writes_geoparquet_and_refuses_to_overwrite(scene, tmp_path, capsys)
     args = ["embed", "--encoder", "dofa", "--size", "small", "--wavelengths", "0.665,0.56,0.49", "--points",
             str(tmp_path / "pts.gpkg"), "--id-column", "site", "--raster", str(raster), "--out", str(out)]
     assert main(args) == 0
-    assert "wrote 6 of 8 points" in capsys.readouterr().out
+    assert "wrote 6 of 8 points" in capsys.readouterr().err  # the library's log, shown by the command
     gdf = read_embeddings(out)
     meta = gdf.attrs["ecoalign"]
     assert meta["encoder"]["backbone"]["size"] == "small" and meta["random_weights"] is True
@@ -94,3 +94,67 @@ def test_band_count_mismatch(scene):
     enc = ecoalign.load_encoder("dofa", size="small", wavelengths_um=[0.49, 0.56, 0.665, 0.842])
     with pytest.raises(EcoalignInputError, match="3 bands but 4 wavelengths are given"):
         embed_points(pts, [raster], enc, id_column="site")
+
+
+def _same_table(a, b, id_column: str) -> None:
+    """Same ids in the same order, geometry, embedding columns and values, CRS and metadata."""
+    assert list(a.columns) == list(b.columns) == [id_column, *embedding_columns(a), "geometry"]
+    assert list(a[id_column]) == list(b[id_column])
+    assert a.crs == b.crs and a.geometry.geom_equals(b.geometry).all()
+    np.testing.assert_array_equal(a[embedding_columns(a)].to_numpy(), b[embedding_columns(b)].to_numpy())
+    assert a[embedding_columns(a)].dtypes.eq(np.float32).all() and b[embedding_columns(b)].dtypes.eq(np.float32).all()
+    assert a.attrs["ecoalign"] == b.attrs["ecoalign"]
+
+
+def test_python_embed_gives_the_cli_table(scene, tmp_path):
+    """``embed(...)`` takes the verb's arguments and returns the table ``ecoalign embed`` writes."""
+    raster, pts = scene
+    pts.to_file(tmp_path / "pts.gpkg", layer="pts")
+    out = tmp_path / "cli.parquet"
+    assert main(["embed", "--encoder", "dofa", "--size", "small", "--wavelengths", "0.665,0.56,0.49", "--points",
+                 str(tmp_path / "pts.gpkg"), "--id-column", "site", "--raster", str(raster), "--out", str(out)]) == 0
+    cli = read_embeddings(out)
+    cli = cli[["site", *embedding_columns(cli), "geometry"]]
+    options = {"encoder": "dofa", "size": "small", "wavelengths_um": WL, "id_column": "site"}
+    in_memory = embed(tmp_path / "pts.gpkg", raster, **options)  # one raster, or a list
+    _same_table(in_memory, cli, "site")
+    assert in_memory.attrs["ecoalign"]["skipped"] == {"outside_raster": ["s6"], "mostly_nodata": ["s7"]}
+    written = embed(pts, [raster], out=tmp_path / "py.parquet", **options)  # a GeoDataFrame works as well
+    _same_table(written, cli, "site")
+    assert (tmp_path / "py.parquet").exists()
+    with pytest.raises(EcoalignInputError, match="output exists"):
+        embed(pts, [raster], out=tmp_path / "py.parquet", **options)
+    assert len(embed(pts, [raster], out=tmp_path / "py.parquet", overwrite=True, **options)) == 6
+
+
+def test_python_embed_and_cli_from_a_manifest(scene, tmp_path):
+    """Points, rasters and wavelengths from a manifest, in Python and on the command line."""
+    import conftest
+
+    raster, pts = scene
+    pts.assign(x=pts.geometry.x, y=pts.geometry.y).drop(columns="geometry").rename(columns={"site": "plot_id"}) \
+        .to_csv(tmp_path / "plots.csv", index=False)
+    (tmp_path / "rel.csv").write_text("plot_id,species,cover\ns0,Poa annua,5\n")
+    manifest = conftest.write_manifest(tmp_path, {
+        "imagery": {"files": [raster.name], "wavelengths_um": WL, "nodata": 0},
+        "plots": {"path": "plots.csv", "crs": "EPSG:32631"}, "releves": {"path": "rel.csv"}})
+    out = tmp_path / "cli.parquet"
+    assert main(["embed", "--size", "small", "--manifest", str(manifest), "--out", str(out)]) == 0
+    cli = read_embeddings(out)
+    cli = cli[["plot_id", *embedding_columns(cli), "geometry"]]
+    py = embed(manifest=manifest, size="small")
+    _same_table(py, cli, "plot_id")
+    assert list(py["plot_id"]) == [f"s{i}" for i in range(6)]
+    with pytest.raises(EcoalignInputError, match="no points given"):
+        embed(rasters=[raster], size="small", wavelengths_um=WL)
+
+
+def test_embed_refuses_an_organism_encoder(scene):
+    from ecoalign.encoders.base import Encoder, WindowEncoder
+
+    raster, pts = scene
+    organism = ecoalign.load_encoder("open_clip:ecoalign-tiny-vit")
+    assert isinstance(organism, Encoder) and not isinstance(organism, WindowEncoder)
+    assert isinstance(ecoalign.load_encoder("dofa", size="small", wavelengths_um=WL), WindowEncoder)
+    with pytest.raises(EcoalignInputError, match="does not embed multispectral raster windows"):
+        embed(pts, [raster], encoder=organism, id_column="site")

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 import ecoalign
-from ecoalign.mapping import raster as mapping
+from ecoalign.mapping import blocks, plan as planning, run
 from ecoalign.cli import main
 from ecoalign.core.errors import EcoalignInputError
 
@@ -60,14 +60,14 @@ def _reference(plan, bundle, raster, encoder, rows, cols):
     from ecoalign.sdm.sites import sample_rasters
 
     model, meta = load_bundle(bundle)
-    pts = _points(mapping.window_centres(plan, rows, cols), plan.crs)
+    pts = _points(planning.window_centres(plan, rows, cols), plan.crs)
     emb = ecoalign.embed_points(pts, [raster], encoder, patch_size_m=plan.window_m)
     assert len(emb) == len(pts)
     parts = [emb]
     if plan.env_rasters:
         parts.append(sample_rasters(emb, plan.env_rasters)[0])
     X = pd.concat(parts, axis=1)[meta["features"]]
-    return mapping.predict_features(model, meta["task"], X)
+    return blocks.predict_features(model, meta["task"], X)
 
 
 # --------------------------------------------------------------------------------- generated 4-band raster
@@ -110,7 +110,7 @@ def gen_map(gen):
     hook = enc.model.patch_embed.weight_generator.register_forward_hook(lambda *a: kernels.append(1))
     counting = enc.features = _CountingFeatures(enc.features)
     try:
-        out = mapping.map_raster(enc, gen["bundle"], gen["raster"], gen["folder"] / "map.tif", batch_size=4,
+        out = run.map_raster(enc, gen["bundle"], gen["raster"], gen["folder"] / "map.tif", batch_size=4,
                                  block_px=2, progress=False)
     finally:
         enc.features = counting.inner
@@ -137,7 +137,7 @@ def test_generated_map_grid_nodata_and_values(gen, gen_map):
     assert gen_map["windows"] == 26 and gen_map["batches"] > 5 and gen_map["kernels"] == 1
     assert Path(str(out).replace(".tif", "_quicklook.png")).stat().st_size > 2000
     assert not out.with_name(out.name + ".partial").exists()
-    plan = mapping.plan_map(gen["enc"], gen["bundle"], gen["raster"])
+    plan = planning.plan_map(gen["enc"], gen["bundle"], gen["raster"])
     rows, cols = np.array([2, 2, 4, 0, 3, 1]), np.array([3, 0, 5, 4, 2, 5])  # (2,3) is the 30%-nodata window
     ref = _reference(plan, gen["bundle"], gen["raster"], gen["enc"], rows, cols)
     np.testing.assert_allclose(vals[:, rows, cols].T, ref, atol=2e-4)
@@ -147,7 +147,7 @@ def test_resume_after_kill_is_byte_identical(gen, gen_map, tmp_path):
     """SIGKILL a mapping subprocess after some blocks; the resumed run skips them and yields the same bytes."""
     out = tmp_path / "map.tif"
     ledger = out.with_name("map.tif.partial") / "ledger.jsonl"
-    code = ("import ecoalign; from ecoalign.mapping.raster import map_raster; "
+    code = ("import ecoalign; from ecoalign.mapping import map_raster; "
             f"enc = ecoalign.load_encoder('dofa', size='small', wavelengths_um={WAVES}); "
             f"map_raster(enc, {str(gen['bundle'])!r}, {str(gen['raster'])!r}, {str(out)!r}, batch_size=4, "
             "block_px=2, progress=False)")
@@ -163,18 +163,18 @@ def test_resume_after_kill_is_byte_identical(gen, gen_map, tmp_path):
     assert not out.exists()  # nothing under the final name
     done = len(ledger.read_text().splitlines())
     calls = []
-    real = mapping.predict_block
+    real = run.predict_block
 
     def counting(plan, data, **kw):
         calls.append(data.block)
         return real(plan, data, **kw)
 
-    mapping.predict_block = counting
+    run.predict_block = counting
     try:
-        mapping.map_raster(gen["enc"], gen["bundle"], gen["raster"], out, batch_size=4, block_px=2, progress=False,
+        run.map_raster(gen["enc"], gen["bundle"], gen["raster"], out, batch_size=4, block_px=2, progress=False,
                            quicklook=False)
     finally:
-        mapping.predict_block = real
+        run.predict_block = real
     assert 0 < len(calls) == 9 - done  # 3x3 blocks of 2x2 output pixels; finished ones are not recomputed
     assert out.read_bytes() == gen_map["out"].read_bytes()
 
@@ -200,7 +200,7 @@ def test_sentinel2_map_with_bioclim_env_raster_via_cli(tmp_path, capsys):
         assert tuple(src.transform)[:6] == (1500.0, 0.0, 567260.0, 0.0, -1500.0, 4832070.0)
     assert (vals != -9999.0).all()
     assert (tmp_path / "s2_map_quicklook.png").exists()
-    plan = mapping.plan_map(enc, bundle, S2)
+    plan = planning.plan_map(enc, bundle, S2)
     rows, cols = np.array([0, 3, 2, 1]), np.array([0, 3, 1, 2])
     np.testing.assert_allclose(vals[:, rows, cols].T, _reference(plan, bundle, S2, enc, rows, cols), atol=2e-4)
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err  # an existing map is never replaced silently
@@ -217,7 +217,7 @@ def test_bad_rasters_are_refused_before_any_output(gen, tmp_path):
 
     def refused(raster, match, encoder=enc):
         with pytest.raises(EcoalignInputError, match=match):
-            mapping.map_raster(encoder, bundle, raster, out, progress=False)
+            run.map_raster(encoder, bundle, raster, out, progress=False)
         assert not out.exists() and not (tmp_path / "m.tif.partial").exists()
 
     refused(conftest.write_raster(tmp_path / "nocrs.tif", arr, crs=None), "no CRS")
@@ -237,7 +237,7 @@ def test_bad_rasters_are_refused_before_any_output(gen, tmp_path):
     refused(tmp_path / "junk.tif", "cannot read the raster")
     out.write_bytes(b"old map")
     with pytest.raises(EcoalignInputError, match="--overwrite"):
-        mapping.map_raster(enc, bundle, gen["raster"], out, progress=False)
+        run.map_raster(enc, bundle, gen["raster"], out, progress=False)
     assert out.read_bytes() == b"old map"
 
 
@@ -249,7 +249,7 @@ def test_all_nodata_raster_gives_an_all_nodata_map_without_embedding(gen, tmp_pa
     counting = enc.features = _CountingFeatures(enc.features)
     try:
         (tmp_path / "m.tif").write_bytes(b"old")
-        out = mapping.map_raster(enc, gen["bundle"], raster, tmp_path / "m.tif", overwrite=True, progress=False,
+        out = run.map_raster(enc, gen["bundle"], raster, tmp_path / "m.tif", overwrite=True, progress=False,
                                  quicklook=False)
     finally:
         enc.features = counting.inner

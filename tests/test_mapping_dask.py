@@ -47,7 +47,7 @@ def single_map(world, tmp_path_factory):
     script = (f"import sys; sys.path.insert(0, {str(here)!r})\n"
               "import torch; torch.set_num_threads(1)\n"
               "import pathlib, small_map_world\n"
-              "from ecoalign.mapping.raster import map_raster\n"
+              "from ecoalign.mapping import map_raster\n"
               f"w = small_map_world.build(pathlib.Path({str(world['bundle'].parent)!r}))\n"
               f"map_raster(w['encoder'], w['bundle'], w['raster'], {str(path)!r}, block_px=2, quicklook=False, "
               "progress=False)\n")
@@ -60,7 +60,7 @@ def single_map(world, tmp_path_factory):
 
 
 def _map(world, out, **kw):
-    from ecoalign.mapping.raster import map_raster
+    from ecoalign.mapping import map_raster
 
     # 3x3 windows in blocks of 2x2 windows: 4 blocks of different shapes
     return map_raster(world["encoder"], world["bundle"], world["raster"], out, block_px=2, quicklook=False,
@@ -75,7 +75,7 @@ def test_local_workers_write_the_single_process_map(world, single_map, tmp_path)
 def test_scheduler_address_and_bounded_submission(world, single_map, tmp_path):
     from dask.distributed import LocalCluster
 
-    from ecoalign.mapping.raster import plan_map
+    from ecoalign.mapping.plan import plan_map
     from ecoalign.mapping.distributed import compute_blocks
 
     plan = plan_map(world["encoder"], world["bundle"], world["raster"], block_px=1)  # 9 one-window blocks
@@ -104,7 +104,7 @@ def test_scheduler_address_and_bounded_submission(world, single_map, tmp_path):
 def test_unreachable_scheduler_and_conflicting_options(world):
     from dask.distributed import LocalCluster
 
-    from ecoalign.mapping.raster import plan_map
+    from ecoalign.mapping.plan import plan_map
     from ecoalign.mapping.distributed import compute_blocks
 
     plan = plan_map(world["encoder"], world["bundle"], world["raster"])

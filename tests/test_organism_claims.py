@@ -70,7 +70,9 @@ def _general_top1(encoder, pairs) -> ev.Accuracy:
 
 
 def _unseen_genus_top1(encoder, unseen, all_species, text_type) -> ev.Accuracy:
-    _, taxa, emb, _ = ev.embed_items(encoder, unseen, progress=False)
+    from ecoalign.organism.photos import embed_items
+
+    _, taxa, emb, _ = embed_items(encoder, unseen, progress=False)
     classes = ev.build_classes(encoder, all_species, "genus", method="sum", text_type=text_type, templates=TEMPLATE)
     return ev.zero_shot_accuracy(emb, taxa, classes)[0].top1
 
@@ -91,7 +93,7 @@ def results(tmp_path_factory):
                                     n_general_pairs=256)
     cur = root / "curated"
     curate(world.metadata_csv, cur, unseen_species=str(world.heldout_file), val_fraction=0.0, test_fraction=0.0,
-           progress=False, log=lambda *a, **k: None)
+           progress=False)
     unseen = [(s["key"], s["image"], s["taxon"]) for s in iter_samples(shard_paths(cur, "test_unseen"))]
     table = pd.read_csv(world.metadata_csv, keep_default_na=False)
     all_species = [Taxon.from_ranks(r)[0] for r in table.drop_duplicates("species").to_dict("records")]

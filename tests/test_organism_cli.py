@@ -1,6 +1,6 @@
 """End to end from the CLI on a photo folder the project has not seen: the real labelled photos of
 ../shared/data/organisms, copied with a mirrored and a cropped view of each, a broken file and a new labels table
--> curate -> train-organism (tiny model, a few steps) -> zero-shot, few-shot, predict, embed --images, intrinsic."""
+-> curate -> train-organism (tiny model, a few steps) -> zero-shot, few-shot, predict, embed-images, intrinsic."""
 from __future__ import annotations
 
 import json
@@ -102,13 +102,13 @@ def test_predict_and_embed_images_flat_tables(trained, capsys):
     assert set(c["classification"]) <= {"orchid", "beetle", "bear"}
 
     emb_csv = d["root"] / "emb.csv"
-    assert main(["embed", "--images", str(d["folder"]), "--encoder", str(d["run"]), "--out", str(emb_csv)]) == 0
+    assert main(["embed-images", str(d["folder"]), "--encoder", str(d["run"]), "--out", str(emb_csv)]) == 0
     e = pd.read_csv(emb_csv)
     cols = [x for x in e.columns if x.startswith("emb_")]
     assert e.columns[0] == "file_name" and len(e) == d["n_images"] and cols[0] == "emb_000"
     assert np.allclose(np.linalg.norm(e[cols].to_numpy(), axis=1), 1, atol=1e-5)
-    assert main(["embed", "--images", str(d["folder"]), "--encoder", str(d["run"]), "--out", str(emb_csv)]) == 2
-    assert main(["embed", "--images", str(d["folder"]), "--encoder", str(d["run"]), "--out",
+    assert main(["embed-images", str(d["folder"]), "--encoder", str(d["run"]), "--out", str(emb_csv)]) == 2
+    assert main(["embed-images", str(d["folder"]), "--encoder", str(d["run"]), "--out",
                  str(d["root"] / "emb.parquet")]) == 0
 
     # the run directory is a first-class encoder: ecoalign.load_encoder gives the same embeddings (up to the

@@ -10,6 +10,9 @@ import pytest
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.organism import evaluate as ev
 from ecoalign.organism import intrinsic as intr
+from ecoalign.organism.labelled import read_labelled_table
+from ecoalign.organism.photos import embed_folder, list_images
+from ecoalign.organism.predict import predict_folder
 from ecoalign.data.taxonomy import Taxon
 
 
@@ -144,16 +147,16 @@ def test_few_shot_separable_vs_random_labels():
     emb = np.concatenate([c + rng.normal(size=(8, 16)) * 0.3 for c in centres])
     labels = np.repeat(list("wxyz"), 8)
     for k in (1, 5):
-        rep = ev.few_shot(emb, labels, k, folds=5, seed=0)
+        rep = ev.few_shot_accuracy(emb, labels, k, folds=5, seed=0)
         assert rep.mean == 1.0 and rep.n_classes == 4 and len(rep.per_fold) == 5
     noise = rng.normal(size=(400, 16))
-    rep = ev.few_shot(noise, rng.choice(list("wxyz"), 400), 5, folds=8, seed=0)
+    rep = ev.few_shot_accuracy(noise, rng.choice(list("wxyz"), 400), 5, folds=8, seed=0)
     assert rep.low < 0.25 + 0.06 and rep.mean < 0.35 and rep.low <= rep.mean <= rep.high
     uneven = np.concatenate([labels[:-7], ["lonely"]])
-    rep = ev.few_shot(emb[:len(uneven)], uneven, 1, folds=2)
+    rep = ev.few_shot_accuracy(emb[:len(uneven)], uneven, 1, folds=2)
     assert rep.excluded_classes == ["lonely", "z"] and rep.n_classes == 3
     with pytest.raises(EcoalignInputError):
-        ev.few_shot(emb[:3], ["a", "b", "c"], 1)
+        ev.few_shot_accuracy(emb[:3], ["a", "b", "c"], 1)
 
 
 # ------------------------------------------------------------------------------------------------ intrinsic
@@ -218,15 +221,15 @@ def test_predict_and_embed_folder_rows_skip_broken_images(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     enc = VectorTextEncoder({"red": _unit(1, 0, 0), "blue": _unit(0, 0, 1), "green": _unit(0, 1, 0)}, 10.0)
     classes = ev.custom_classes(enc, ["red", "blue", "green"], templates=("{}",))
-    table, skipped = ev.predict_folder(enc, tmp_path, classes, k=2, progress=False)
+    table, skipped = predict_folder(enc, tmp_path, classes, k=2, progress=False)
     assert list(table.columns) == ["file_name", "classification", "score", "rank"]
     assert [s[0] for s in skipped] == ["broken.jpg"]
     best = table[table["rank"] == 1].set_index("file_name")["classification"].to_dict()
     assert best == {"red.png": "red", "sub/blue.jpg": "blue"}
-    emb, skipped = ev.embed_folder(enc, tmp_path, progress=False)
+    emb, skipped = embed_folder(enc, tmp_path, progress=False)
     assert list(emb.columns) == ["file_name", "emb_000", "emb_001", "emb_002"] and len(emb) == 2
     with pytest.raises(EcoalignInputError, match="no image files"):
-        ev.list_images(_empty(tmp_path))
+        list_images(_empty(tmp_path))
 
 
 def _empty(tmp_path):
@@ -239,9 +242,9 @@ def test_labelled_table_reading(tmp_path):
     (tmp_path / "t.csv").write_text("file_name,kingdom,phylum,class,order,family,genus,species,common_name\n"
                                     "a.jpg,Metazoa,Chordata,Aves,Passeriformes,Corvidae,Corvus,Corvus corax,raven\n"
                                     "b.jpg,,,,,,,,\n")
-    items, notes = ev.read_labelled_table(tmp_path / "t.csv")
+    items, notes = read_labelled_table(tmp_path / "t.csv")
     assert items[0][1] == tmp_path / "a.jpg" and items[0][2].scientific == "Corvus corax"
     assert items[1][2] is None and any("Metazoa" in n for n in notes)
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
-    with pytest.raises(EcoalignInputError, match="path column"):
-        ev.read_labelled_table(tmp_path / "bad.csv")
+    with pytest.raises(EcoalignInputError, match="no image column"):
+        read_labelled_table(tmp_path / "bad.csv")

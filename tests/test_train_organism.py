@@ -17,7 +17,8 @@ from PIL import Image
 from ecoalign.cli import main
 from ecoalign.encoders.organism import load_organism_encoder
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.organism.train import SpeciesCaption, train_organism
+from ecoalign.organism.train import train_organism
+from ecoalign.organism.train_data import SpeciesCaption
 
 SPECIES = [("Corvidae", "Corvus", "corax", "raven", (40, 40, 200)), ("Corvidae", "Corvus", "corone", "crow", (40, 40, 120)),
            ("Paridae", "Parus", "major", "great tit", (220, 200, 30)), ("Paridae", "Parus", "minor", None, (200, 120, 30))]

@@ -48,11 +48,8 @@ class AlignmentModel(nn.Module):
         if objective == "species":
             self.species_head = nn.Linear(out_dim, n_species)
             return
-        enc = dict(releve_encoder)
-        self.releve_encoder = build_releve_encoder(enc.pop("kind"), n_species, out_dim, **enc)
-        loss = dict(loss)
-        loss.pop("anchor_weight", None)
-        self.contrastive = build_contrastive_loss(loss.pop("name"), **loss)
+        self.releve_encoder = build_releve_encoder(dict(releve_encoder), n_species, out_dim)
+        self.contrastive = build_contrastive_loss(dict(loss))
 
     def encode_image(self, frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         adapted = self.adapter(frozen)
@@ -143,9 +140,7 @@ def train_alignment(name: str, data: AlignmentData, *, folder: Path, model_kwarg
         else:
             state["bad_epochs"] += 1
             if state["bad_epochs"] >= patience:
-                state["done"] = True
-        if state["epoch"] >= epochs:
-            state["done"] = True
+                state["done"] = True  # early stop; reaching `epochs` is not "done", so a resume may raise it
         save_torch({"model": model.state_dict(), "optim": optim.state_dict(), "state": state,
                     "torch_rng": torch.get_rng_state()}, ckpt_path)
         if on_epoch_end is not None:

@@ -1,12 +1,15 @@
-"""``ecoalign embed``: any encoder + points + raster(s) -> one row per point with its embedding.
+"""``ecoalign embed``: any window encoder + points + raster(s) -> one row per point with its embedding.
 
-Windows are read and embedded in batches through the resumable backbone cache, so a killed job resumes
-and a repeated one is free; the table is written to GeoParquet row group by row group (memory stays flat
-as the number of points grows), with the encoder's identity in the file metadata.
+``embed`` takes the verb's arguments (points or a manifest, rasters, encoder name or run, ...); ``embed_points``
+and ``write_embeddings`` take loaded points and an encoder object. Windows are read and embedded in batches
+through the resumable backbone cache, so a killed job resumes and a repeated one is free; ``write_embeddings``
+writes the table to GeoParquet row group by row group (memory stays flat as the number of points grows), with the
+encoder's identity in the file metadata.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -15,9 +18,70 @@ import numpy as np
 
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import atomic_path
+from ecoalign.encoders.base import WindowEncoder
+
+log = logging.getLogger(__name__)
 
 EMBED_PREFIX = "emb_"
 META_KEY = b"ecoalign"
+
+
+def embed_inputs(points=None, rasters: Sequence[str | Path] = (), *, manifest=None, encoder="dofa",
+                 weights: str = "none", size: str = "base", wavelengths_um: Sequence[float] | None = None,
+                 id_column: str = "plot_id", crs=None) -> tuple[object, list, WindowEncoder, str]:
+    """(points, rasters, encoder, id column) from ``ecoalign embed``'s arguments.
+
+    ``points``: a GeoDataFrame or a plots file (GeoPackage, GeoParquet, CSV with ``crs``); without it, the
+    ``manifest``'s plots (ids in ``plot_id``). ``rasters`` (one GeoTIFF or a list) default to the manifest's
+    imagery, ``wavelengths_um`` to its band wavelengths. ``encoder``: an encoder object, ``dofa`` (with ``size``,
+    ``weights``, wavelengths) or an ``ecoalign adapt`` run directory."""
+    from ecoalign.data.plots import read_plots
+
+    rasters = [str(rasters)] if isinstance(rasters, (str, Path)) else [str(r) for r in rasters or []]
+    table = None
+    if manifest is not None:
+        from ecoalign.data.manifest import Manifest, load_manifest
+        from ecoalign.data.plots import read_manifest_plots
+
+        m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        rasters = rasters or [str(f.path) for f in m.imagery]
+        wavelengths_um = wavelengths_um or list(m.wavelengths_um)
+        if points is None:
+            table, id_column = read_manifest_plots(m), "plot_id"
+    if isinstance(points, (str, Path)):
+        table = read_plots(points, id_column=id_column, crs=crs)
+    elif points is not None:
+        table = points if points.crs is not None or crs is None else points.set_crs(crs)
+    if table is None:
+        raise EcoalignInputError("no points given", expected="--points FILE or --manifest M")
+    if isinstance(encoder, (str, Path)):
+        from ecoalign.encoders.registry import load_encoder
+
+        encoder = load_encoder(encoder, size=size, weights=weights, wavelengths_um=wavelengths_um)
+    return table, rasters, encoder, id_column
+
+
+def embed(points=None, rasters: Sequence[str | Path] = (), *, manifest=None, encoder="dofa", weights: str = "none",
+          size: str = "base", wavelengths_um: Sequence[float] | None = None, id_column: str = "plot_id", crs=None,
+          patch_size_m: float | None = None, batch_size: int = 16, out: str | Path | None = None,
+          overwrite: bool = False, max_nodata_fraction: float = 0.5, progress: bool = False):
+    """Python face of ``ecoalign embed``, with the verb's arguments (see ``embed_inputs``): a GeoDataFrame
+    (id, emb_000.., geometry) of the points that have a usable window, metadata and skips in ``.attrs['ecoalign']``.
+
+    With ``out``, the table is also written to GeoParquet (the file ``ecoalign embed --out`` writes, refused when it
+    exists unless ``overwrite``) and the table returned is that file read back."""
+    table, rasters, enc, id_column = embed_inputs(points, rasters, manifest=manifest, encoder=encoder,
+                                                  weights=weights, size=size, wavelengths_um=wavelengths_um,
+                                                  id_column=id_column, crs=crs)
+    options = {"id_column": id_column, "patch_size_m": patch_size_m, "max_nodata_fraction": max_nodata_fraction,
+               "batch_size": batch_size, "progress": progress}
+    if out is None:
+        return embed_points(table, rasters, enc, **options)
+    write_embeddings(table, rasters, enc, out, overwrite=overwrite, **options)
+    written = read_embeddings(out)
+    result = written[[id_column, *embedding_columns(written), "geometry"]]  # the column order of embed_points
+    result.attrs = written.attrs
+    return result
 
 
 def _file_fingerprint(path: Path) -> dict:
@@ -45,6 +109,10 @@ def _prepare(points, rasters: Sequence[str | Path], encoder, *, patch_size_m: fl
                                  expected=f"unique ids in '{id_column}'")
     if not rasters:
         raise EcoalignInputError("no raster given", expected="one or more GeoTIFFs with the encoder's bands")
+    if not isinstance(encoder, WindowEncoder):
+        raise EcoalignInputError(f"{encoder!r} does not embed multispectral raster windows",
+                                 expected="an image-window encoder: 'dofa' or an `ecoalign adapt` run directory "
+                                          "(organism photos: `ecoalign embed-images`)")
     sources = open_rasters([Path(r) for r in rasters], encoder.wavelengths_um)
     if encoder.band_mean is not None:
         mean, std = encoder.band_mean, encoder.band_std
@@ -55,8 +123,8 @@ def _prepare(points, rasters: Sequence[str | Path], encoder, *, patch_size_m: fl
     ids = [str(i) for i in points.index]
     key = {"rasters": [_file_fingerprint(s.path) for s in sources], "patch_size_m": size_m,
            "max_nodata_fraction": max_nodata_fraction, "backbone": encoder.info.as_dict(),
-           "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist(), "input_px": encoder.info.input_px}
-    with PatchReader(sources, size_m=size_m, out_px=encoder.info.input_px, max_nodata_fraction=max_nodata_fraction,
+           "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist(), "input_px": encoder.input_px}
+    with PatchReader(sources, size_m=size_m, out_px=encoder.input_px, max_nodata_fraction=max_nodata_fraction,
                      mean=mean, std=std) as reader:
         cache = build_backbone_cache(reader=reader, features=encoder.features, plot_ids=ids, centres=centres,
                                      views=["identity"], key_parts=key, cache_root=cache_dir() / "embeddings",
@@ -133,6 +201,9 @@ def write_embeddings(points, rasters: Sequence[str | Path], encoder, out: str | 
                 arrays = [pa.array(ids, pa.string()), pa.array(pts.geometry.to_wkb().tolist(), pa.binary())]
                 arrays += [pa.array(emb[:, j]) for j in range(dim)]
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+    skipped = {k: len(v) for k, v in meta["skipped"].items()}
+    log.info("wrote %d of %d points to %s; skipped %s%s", meta["embedded"], meta["points"], out, skipped or "none",
+             "; encoder on RANDOM weights" if meta["random_weights"] else "")
     return meta
 
 

@@ -36,7 +36,8 @@ class InfoNCELoss(nn.Module):
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-CONTRASTIVE_LOSSES = {"siglip": SigLIPLoss, "infonce": InfoNCELoss}
+# `name` -> class, for configs that name a loss instead of giving its `_target_`
+CONTRASTIVE_LOSSES = {"siglip": "ecoalign.aerial.losses.SigLIPLoss", "infonce": "ecoalign.aerial.losses.InfoNCELoss"}
 
 
 def cosine_similarity_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -49,9 +50,16 @@ def anchor_loss(adapted: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(cosine_similarity_matrix(adapted), cosine_similarity_matrix(frozen))
 
 
-def build_contrastive_loss(name: str, **kwargs) -> nn.Module:
-    if name not in CONTRASTIVE_LOSSES:
+def build_contrastive_loss(cfg: dict) -> nn.Module:
+    """The contrastive loss a config describes (``_target_`` or ``name``), built with ``hydra.utils.instantiate``;
+    ``anchor_weight`` belongs to the training objective, not to the loss module."""
+    from hydra.utils import instantiate
+
+    params = {k: v for k, v in cfg.items() if k not in ("_target_", "name", "anchor_weight")}
+    target = cfg.get("_target_") or CONTRASTIVE_LOSSES.get(cfg.get("name"))
+    if target is None:
         from ecoalign.core.errors import EcoalignInputError
 
-        raise EcoalignInputError(f"unknown loss '{name}'", expected=f"one of {sorted(CONTRASTIVE_LOSSES)}")
-    return CONTRASTIVE_LOSSES[name](**kwargs)
+        raise EcoalignInputError(f"unknown loss '{cfg.get('name')}'", where="loss",
+                                 expected=f"a _target_ class or a name among {sorted(CONTRASTIVE_LOSSES)}")
+    return instantiate({"_target_": target, **params})

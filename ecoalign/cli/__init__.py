@@ -12,8 +12,8 @@ import sys
 from ecoalign.core.errors import EcoalignInputError
 
 # the verb modules, in the order ``ecoalign --help`` lists them
-VERB_MODULES = ("adapt", "embed", "fit", "evaluate", "compare", "map", "curate", "train_organism", "organism_eval",
-                "manifest_hash")
+VERB_MODULES = ("adapt", "embed", "fit", "evaluate", "compare", "map", "organism_world", "curate", "train_organism",
+                "zero_shot", "few_shot", "predict", "intrinsic", "embed_images", "manifest_hash")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -61,7 +61,10 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser, verbs = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's usage errors (2) and --help/--version (0) as a return code
+        return exc.code if isinstance(exc.code, int) else 0
     _configure_logging(args.quiet, args.verbose)
     try:
         return verbs[args.verb](args)

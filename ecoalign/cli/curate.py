@@ -1,7 +1,7 @@
-"""``ecoalign curate`` (organism photo table -> webdataset shards) and ``ecoalign organism-world`` (demo data)."""
+"""``ecoalign curate``: organism photo table -> filtered, split webdataset shards (``ecoalign.organism.curate``)."""
 from __future__ import annotations
 
-from ecoalign.core.errors import EcoalignInputError
+from ecoalign.cli.organism_args import verb_kwargs
 
 
 def register(sub) -> dict:
@@ -19,7 +19,7 @@ def register(sub) -> dict:
                    help="keep only rows in this taxon (repeatable: any match), e.g. --include class=Insecta")
     p.add_argument("--exclude", action="append", default=[], metavar="RANK=NAME",
                    help="drop rows in this taxon (repeatable), e.g. --exclude species='Homo sapiens'")
-    p.add_argument("--eval-set", action="append", default=[], metavar="NAME=TABLE",
+    p.add_argument("--eval-set", dest="eval_sets", action="append", default=[], metavar="NAME=TABLE",
                    help="an evaluation table: its images are removed from the output and its species may not "
                         "be in training (repeatable)")
     p.add_argument("--allow-leakage", action="store_true",
@@ -35,44 +35,17 @@ def register(sub) -> dict:
                    help="semi-global shuffle group size (default 50000; a full shuffle below it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
-    p.add_argument("--no-progress", action="store_true")
-
-    w = sub.add_parser("organism-world", help="generate the demo organism world (procedural photos + taxonomy)")
-    w.add_argument("--out", required=True, help="directory to write the world into")
-    w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--images-per-species", type=int, default=6)
-    w.add_argument("--image-px", type=int, default=64)
-    w.add_argument("--overwrite", action="store_true")
-    return {"curate": curate_verb, "organism-world": world_verb}
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return {"curate": run}
 
 
-def _eval_sets(specs) -> dict:
-    out = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise EcoalignInputError(f"bad --eval-set {spec!r}", expected="NAME=TABLE, e.g. rare=rare_species.csv")
-        out[name.strip()] = path.strip()
-    return out
-
-
-def curate_verb(args) -> int:
+def run(args) -> int:
     from ecoalign.organism.curate import curate
 
-    curate(args.table, args.out, min_per_species=args.min_per_species, max_per_species=args.max_per_species,
-           include=args.include, exclude=args.exclude, eval_sets=_eval_sets(args.eval_set),
-           allow_leakage=args.allow_leakage, unseen_fraction=args.unseen_fraction,
-           unseen_species=args.unseen_species, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-           shard_size=args.shard_size, shuffle_buffer=args.shuffle_buffer, seed=args.seed,
-           overwrite=args.overwrite, progress=not args.no_progress)
-    return 0
-
-
-def world_verb(args) -> int:
-    from ecoalign.demo.organism_world import generate_organism_world
-
-    w = generate_organism_world(args.out, seed=args.seed, images_per_species=args.images_per_species,
-                                image_px=args.image_px, overwrite=args.overwrite)
-    print(f"[ecoalign] organism world: {w.n_images} images in {w.root}; table {w.metadata_csv}; "
-          f"{len(w.heldout_species)} held-out species in {w.heldout_file}; general pairs in {w.general_pairs}")
+    record = curate(**verb_kwargs(args))
+    splits = record["splits"]
+    print(f"[ecoalign] curated {args.out}: " + ", ".join(f"{k} {splits[k]['images']} images / {splits[k]['taxa']} taxa"
+                                                       for k in ("train", "val", "test", "test_unseen"))
+          + (f"; skipped {len(record['unreadable'])} unreadable image(s) (listed in curation.json)"
+             if record["unreadable"] else ""))
     return 0

@@ -37,7 +37,7 @@ def register(sub) -> dict:
 
 
 def map_verb(args) -> int:
-    from ecoalign.mapping.raster import map_raster
+    from ecoalign.mapping import map_raster
 
     wavelengths = None
     if args.wavelengths:

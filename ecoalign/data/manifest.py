@@ -21,7 +21,13 @@ from ecoalign.core.paths import cache_dir, resolve_manifest
 
 log = logging.getLogger(__name__)
 
-GENERATORS = {"demo"}
+# generators named by a manifest's `generator:` key, as "module:function(root, **generator_options)"; looked up
+# by name so that reading a manifest does not import (or depend on) the demo code
+GENERATORS = {"demo": "ecoalign.demo.aerial_world:generate_demo_world"}
+# the manifest's schema: top-level keys and the keys of its imagery section (file entries carry reader options)
+TOP_KEYS = ("name", "description", "licence", "license", "citation", "root", "generator", "generator_options",
+            "checksums", "imagery", "plots", "releves", "species", "extras")
+IMAGERY_KEYS = ("files", "wavelengths_um", "nodata")
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,17 @@ def _require(d: dict, key: str, source: Path, where: str, expected: str) -> Any:
     return d[key]
 
 
+def _check_keys(d: dict, known: tuple[str, ...], source: Path, where: str) -> None:
+    """A misspelt key would otherwise be ignored silently (and its default used)."""
+    import difflib
+
+    for key in d:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            raise EcoalignInputError(f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                                     path=source, where=where, expected=f"keys among {list(known)}")
+
+
 def _expand_root(text: str, source: Path) -> Path:
     text = text.replace("{cache}", str(cache_dir()))
     root = Path(os.path.expandvars(text)).expanduser()
@@ -115,6 +132,9 @@ def load_manifest(name_or_path: str | os.PathLike, *, verify: bool = True) -> Ma
     if not isinstance(raw, dict):
         raise EcoalignInputError("a manifest must be a YAML mapping", path=source)
 
+    _check_keys(raw, TOP_KEYS, source, "top level")
+    if isinstance(raw.get("imagery"), dict):
+        _check_keys(raw["imagery"], IMAGERY_KEYS, source, "imagery")
     root = _expand_root(str(raw.get("root", ".")), source)
     generator = raw.get("generator")
     if generator is not None:
@@ -186,10 +206,11 @@ def verify_files(manifest: Manifest) -> None:
 
 
 def _generate(generator: str, root: Path, options: dict[str, Any]) -> None:
-    if generator == "demo":
-        if (root / "SHA256SUMS").exists():
-            return
-        from ecoalign.demo.aerial_world import generate_demo_world
+    """Generate a data set on first use; a finished one has its SHA256SUMS (written last by the generator)."""
+    import importlib
 
-        log.info("generating the demo world into %s (first use)", root)
-        generate_demo_world(root, **options)
+    if (root / "SHA256SUMS").exists():
+        return
+    module, function = GENERATORS[generator].split(":")
+    log.info("generating the %s world into %s (first use)", generator, root)
+    getattr(importlib.import_module(module), function)(root, **options)

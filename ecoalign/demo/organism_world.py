@@ -23,6 +23,7 @@ import colorsys
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ import numpy as np
 from ecoalign.core.io import atomic_dir
 from ecoalign.core.paths import cache_dir
 from ecoalign.data.taxonomy import RANKS
+
+log = logging.getLogger(__name__)
 
 WORLD_VERSION = 3
 KINGDOMS = ("Animalia", "Plantae", "Fungi", "Protozoa")
@@ -251,37 +254,42 @@ def draw_general_pair(rng: np.random.Generator, px: int = 64):
     return im, caption
 
 
-def generate_organism_world(root: str | os.PathLike | None = None, *, seed: int = 0, n_kingdoms: int = 2,
-                            phyla_per_kingdom: int = 2, classes_per_phylum: int = 2, orders_per_class: int = 2,
-                            families_per_order: int = 2, genera_per_family: int = 2, species_per_genus: int = 3,
-                            heldout_per_genus: int = 1, images_per_species: int = 6, long_tail: float = 1.0,
-                            min_images: int = 2, image_px: int = 64,
-                            common_fraction: float = 0.7, n_general_pairs: int = 256,
-                            overwrite: bool = False) -> OrganismWorld:
-    """Write the world (images, metadata.csv, heldout_species.txt, general/ pairs) and describe it.
+def organism_world(out: str | os.PathLike | None = None, *, seed: int = 0, n_kingdoms: int = 2,
+                   phyla_per_kingdom: int = 2, classes_per_phylum: int = 2, orders_per_class: int = 2,
+                   families_per_order: int = 2, genera_per_family: int = 2, species_per_genus: int = 3,
+                   heldout_per_genus: int = 1, images_per_species: int = 6, long_tail: float = 1.0,
+                   min_images: int = 2, image_px: int = 64, common_fraction: float = 0.7, n_general_pairs: int = 256,
+                   overwrite: bool = False) -> OrganismWorld:
+    """Write the world (images, metadata.csv, heldout_species.txt, general/ pairs) into ``out`` and describe it.
 
-    Deterministic for its parameters; with ``root=None`` it is cached under ``cache_dir()/organism_world``.
+    Python face of ``ecoalign organism-world`` (which sets ``seed``, ``images_per_species``, ``image_px``,
+    ``overwrite``; the tree's shape is Python-only). Deterministic for its parameters; with ``out=None`` it is
+    cached under ``cache_dir()/organism_world``.
     Default size: 2*2*2*2*2*2 = 64 genera x 3 species (1 held out per genus). Held-out species get
     ``images_per_species`` images each; seen species a long tail over genera (Zipf exponent ``long_tail``,
     0 = flat; mean ``images_per_species``, at least ``min_images``): ~1200 images by default.
     """
-    params = {k: v for k, v in locals().items() if k not in ("root", "overwrite")}
+    params = {k: v for k, v in locals().items() if k not in ("out", "overwrite")}
     params["version"] = WORLD_VERSION
     if not 1 <= n_kingdoms <= len(KINGDOMS):
         raise ValueError(f"n_kingdoms must be 1..{len(KINGDOMS)}")
     if not 0 <= heldout_per_genus < species_per_genus:
         raise ValueError("heldout_per_genus must leave at least one seen species per genus")
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(root) if root is not None else cache_dir() / "organism_world" / digest
+    root = Path(out) if out is not None else cache_dir() / "organism_world" / digest
     done = root / "world.json"
     if done.exists() and not overwrite:
         saved = json.loads(done.read_text())
         if saved.get("params") == params:
             return _describe(root, saved)
         raise FileExistsError(f"{root} holds an organism world with other parameters; pass overwrite=True")
+    log.info("generating the organism world into %s", root)
     with atomic_dir(root) as tmp:  # replaces an old world (overwrite) or a previous partial run
         saved = _write_world(tmp, params)
     return _describe(root, saved)
+
+
+generate_organism_world = organism_world  # the earlier name
 
 
 def _describe(root: Path, saved: dict) -> OrganismWorld:

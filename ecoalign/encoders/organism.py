@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +28,7 @@ WEIGHTS_NAME = "open_clip_model.safetensors"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 HUB_FILES = f"{CONFIG_NAME} and open_clip_pytorch_model.bin (or open_clip_model.safetensors)"
 
+log = logging.getLogger(__name__)
 _registered = False
 
 
@@ -154,6 +157,20 @@ def load_organism_encoder(name_or_path, *, weights=None, device: str = "cpu") ->
     raise EcoalignInputError(f"unknown organism encoder '{name}'",
                              expected="a saved encoder or train-organism run directory, open_clip:ARCH, "
                                       "local-dir:/path, hf-hub:org/name, or bioclip")
+
+
+def as_organism_encoder(encoder, *, weights=None, device: str = "cpu") -> OrganismEncoder:
+    """``encoder`` itself when already loaded, else ``load_organism_encoder(encoder, weights=, device=)``; either
+    way a warning when its weights are random (the organism verbs' ``encoder`` argument)."""
+    if isinstance(encoder, (str, os.PathLike)):
+        encoder = load_organism_encoder(encoder, weights=weights, device=device)
+    elif weights not in (None, "", "none"):
+        raise EcoalignInputError(f"weights='{weights}' given with an already loaded encoder",
+                                 expected="weights only with an encoder name such as open_clip:ARCH")
+    if getattr(encoder, "random_weights", False):
+        log.warning("encoder on RANDOM weights (%s): its scores carry no learnt knowledge",
+                    getattr(encoder, "info", {}).get("arch"))
+    return encoder
 
 
 def _no_weights_arg(weights, name) -> None:

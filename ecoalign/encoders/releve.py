@@ -86,12 +86,21 @@ class SetReleveEncoder(nn.Module):
         return self.out(pooled[:, 0])
 
 
-RELEVE_ENCODERS = {"mlp": MLPReleveEncoder, "attention": SetReleveEncoder}
+# `kind` -> class, for configs that name a relevé encoder by kind instead of `_target_`
+RELEVE_ENCODERS = {"mlp": "ecoalign.encoders.releve.MLPReleveEncoder",
+                   "attention": "ecoalign.encoders.releve.SetReleveEncoder"}
 
 
-def build_releve_encoder(kind: str, n_species: int, out_dim: int, **kwargs) -> nn.Module:
-    if kind not in RELEVE_ENCODERS:
-        from ecoalign.core.errors import EcoalignInputError
+def build_releve_encoder(cfg: dict, n_species: int, out_dim: int) -> nn.Module:
+    """The relevé encoder a config describes (``_target_`` or ``kind``), built with ``hydra.utils.instantiate``."""
+    from hydra.utils import instantiate
 
-        raise EcoalignInputError(f"unknown relevé encoder '{kind}'", expected=f"one of {sorted(RELEVE_ENCODERS)}")
-    return RELEVE_ENCODERS[kind](n_species, out_dim, **kwargs)
+    from ecoalign.core.errors import EcoalignInputError
+
+    params = {k: v for k, v in cfg.items() if k not in ("_target_", "kind", "species_text")}
+    target = cfg.get("_target_") or RELEVE_ENCODERS.get(cfg.get("kind"))
+    if target is None:
+        raise EcoalignInputError(f"unknown relevé encoder '{cfg.get('kind')}'", where="releve_encoder",
+                                 expected=f"a _target_ class or a kind among {sorted(RELEVE_ENCODERS)}")
+    objects = {"species_text": cfg["species_text"]} if cfg.get("species_text") is not None else {}  # tensors
+    return instantiate({"_target_": target, **params}, n_species=n_species, out_dim=out_dim, **objects)

@@ -1,6 +1,6 @@
 """Scale-out for ``ecoalign map``: the plan's blocks computed by Dask workers, returned to the one process that writes.
 
-Workers only compute (``ecoalign.mapping.raster.compute_block``, which rebuilds encoder and model from the plan's
+Workers only compute (``ecoalign.mapping.blocks.compute_block``, which rebuilds encoder and model from the plan's
 sources once per process); the caller writes, so the output is one consistent file whatever the backend.
 At most ``max_in_flight`` blocks are submitted at a time, so memory stays flat however many blocks a raster has.
 """
@@ -14,6 +14,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.mapping.blocks import compute_block
+from ecoalign.mapping.plan import Block, MapPlan
 
 CONNECT_TIMEOUT_S = 20.0  # to reach a scheduler, and for it to have at least one worker
 
@@ -61,9 +63,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, *,
         yield client
 
 
-def _compute_block(plan, block, torch_threads: int | None, batch_size: int):
-    from ecoalign.mapping.raster import compute_block
-
+def _compute_block(plan: MapPlan, block: Block, torch_threads: int | None, batch_size: int):
     if torch_threads:
         import torch
 
@@ -77,7 +77,7 @@ def _missing(paths: list[str]) -> list[str]:
     return [p for p in paths if not os.path.exists(p)]
 
 
-def _check_workers_see_inputs(client, plan) -> None:
+def _check_workers_see_inputs(client, plan: MapPlan) -> None:
     """Workers on other machines read the plan's files themselves: fail at once when one cannot see them."""
     paths = [p for p in [plan.raster, plan.bundle, *(r["path"] for r in plan.env_rasters)] if p]
     for worker, missing in client.run(_missing, paths).items():
@@ -87,11 +87,11 @@ def _check_workers_see_inputs(client, plan) -> None:
                                               "paths on every worker (a shared file system)")
 
 
-def compute_blocks(plan, blocks: Iterable, *, scheduler: str | None = None, workers: int | None = None,
+def compute_blocks(plan: MapPlan, blocks: Iterable[Block], *, scheduler: str | None = None, workers: int | None = None,
                    batch_size: int = 32, max_in_flight: int | None = None, torch_threads: int | None = None,
-                   connect_timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[tuple[object, np.ndarray]]:
+                   connect_timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[tuple[Block, np.ndarray]]:
     """(block, array) pairs in completion order, computed by Dask workers with
-    ``ecoalign.mapping.raster.compute_block(plan, block)``; a failing block stops the run with its error.
+    ``ecoalign.mapping.blocks.compute_block(plan, block)``; a failing block stops the run with its error.
 
     Workers run torch single-threaded by default (Dask sets OMP_NUM_THREADS=1). Torch CPU kernels reduce in an
     order that depends on the thread count, so values equal the single-process ones bit for bit only when both

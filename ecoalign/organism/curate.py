@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -25,118 +25,11 @@ import numpy as np
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import atomic_dir, write_json
 from ecoalign.data.taxonomy import RANKS, TEXT_TYPES, Taxon, text
+from ecoalign.organism.tables import Table, is_url, fetch_bytes, read_table, resolve_source, table_taxa
 
-IMAGE_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "file_name", "image", "image_path",
-                 "img", "url", "image_url", "identifier", "photo")
-RANK_COLUMNS = {
-    "kingdom": ("kingdom", "taxon_kingdom", "dwc_kingdom"),
-    "phylum": ("phylum", "taxon_phylum", "division", "dwc_phylum"),
-    "class": ("class", "cls", "class_name", "taxon_class", "dwc_class"),
-    "order": ("order", "order_name", "taxon_order", "dwc_order"),
-    "family": ("family", "taxon_family", "dwc_family"),
-    "genus": ("genus", "taxon_genus", "dwc_genus"),
-    "species": ("species", "scientific_name", "scientificname", "binomial", "species_name", "taxon_species",
-                "epithet", "specific_epithet", "specificepithet", "dwc_scientificname"),
-}
-COMMON_COLUMNS = ("common", "common_name", "commonname", "vernacular", "vernacular_name", "vernacularname")
-SPLIT_COLUMNS = ("split", "subset", "partition")
+log = logging.getLogger(__name__)
 SPLIT_PRIORITY = {"test_unseen": 0, "test": 1, "val": 2, "train": 3}  # which copy of a duplicate survives
 _FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
-
-
-@dataclass
-class Table:
-    """A metadata table with the columns it was found to use."""
-
-    path: Path
-    frame: object  # pandas.DataFrame
-    image_col: str | None
-    rank_cols: dict[str, str]
-    common_col: str | None
-    split_col: str | None
-
-
-def _norm(col: str) -> str:
-    return str(col).strip().lower().replace(" ", "_").replace("-", "_").replace(":", "_")
-
-
-def read_table(path: str | os.PathLike, *, need_images: bool = True) -> Table:
-    """Read a CSV/TSV/Parquet metadata table and guess its image, rank, common-name and split columns."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.exists():
-        raise EcoalignInputError("metadata table not found", path=path, expected="a CSV or Parquet file")
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        elif path.suffix.lower() in (".csv", ".tsv", ".txt"):
-            frame = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
-        else:
-            raise EcoalignInputError(f"unsupported table format {path.suffix!r}", path=path,
-                                     expected=".csv, .tsv or .parquet")
-    except EcoalignInputError:
-        raise
-    except Exception as exc:
-        raise EcoalignInputError(f"cannot read table: {exc}", path=path, expected="a CSV or Parquet file") from exc
-    by_norm = {}
-    for c in frame.columns:
-        by_norm.setdefault(_norm(c), c)
-
-    def pick(candidates):
-        return next((by_norm[c] for c in candidates if c in by_norm), None)
-
-    image_col = pick(IMAGE_COLUMNS)
-    rank_cols = {r: c for r in RANKS if (c := pick(RANK_COLUMNS[r])) is not None}
-    if need_images and image_col is None:
-        raise EcoalignInputError("no image column", path=path, where=f"columns {list(frame.columns)}",
-                                 expected=f"one of {IMAGE_COLUMNS} holding a path or URL")
-    if not rank_cols:
-        raise EcoalignInputError("no taxonomy columns", path=path, where=f"columns {list(frame.columns)}",
-                                 expected=f"some of {list(RANKS)}")
-    return Table(path, frame.reset_index(drop=True), image_col, rank_cols, pick(COMMON_COLUMNS),
-                 pick(SPLIT_COLUMNS))
-
-
-def _cell(row, col):
-    if col is None:
-        return None
-    v = row[col]
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) else v
-
-
-def table_taxa(table: Table) -> tuple[list[Taxon], list[list[str]]]:
-    taxa, notes = [], []
-    for _, row in table.frame.iterrows():
-        t, n = Taxon.from_ranks({r: _cell(row, c) for r, c in table.rank_cols.items()},
-                                common=_cell(row, table.common_col))
-        taxa.append(t)
-        notes.append(n)
-    return taxa, notes
-
-
-def _is_url(source: str) -> bool:
-    return source.split("://", 1)[0].lower() in ("http", "https", "ftp") and "://" in source
-
-
-def resolve_source(source: str, table_path: Path) -> str:
-    source = str(source).strip()
-    if _is_url(source) or not source:
-        return source
-    p = Path(source).expanduser()
-    return str(p if p.is_absolute() else (table_path.parent / p))
-
-
-def fetch_bytes(source: str, timeout: float = 30.0) -> bytes:
-    """The bytes of a local file or a URL (urllib). Raises OSError (incl. URLError) when unreachable."""
-    if _is_url(source):
-        import urllib.request
-
-        req = urllib.request.Request(source, headers={"User-Agent": "ecoalign-curate"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.read()
-    with open(source, "rb") as f:
-        return f.read()
 
 
 def check_image(data: bytes) -> tuple[str, tuple[int, int]]:
@@ -173,6 +66,20 @@ def _parse_filters(specs: Iterable[str], flag: str) -> list[tuple[str, str]]:
             raise EcoalignInputError(f"bad filter {spec!r}", where=flag,
                                      expected=f"RANK=NAME with RANK one of {RANKS}, e.g. family=Corvidae")
         out.append((rank, " ".join(name.split()).lower()))
+    return out
+
+
+def _parse_eval_sets(eval_sets) -> dict[str, str]:
+    """Evaluation sets as {name: table}: a mapping, or 'NAME=TABLE' strings (the command's --eval-set)."""
+    if isinstance(eval_sets, Mapping):
+        return {str(k): str(v) for k, v in eval_sets.items()}
+    out = {}
+    for spec in eval_sets or ():
+        name, sep, path = str(spec).partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise EcoalignInputError(f"bad evaluation set {spec!r}", where="--eval-set",
+                                     expected="NAME=TABLE, e.g. rare=rare_species.csv")
+        out[name.strip()] = path.strip()
     return out
 
 
@@ -239,14 +146,18 @@ def _assign_splits(groups: Mapping[str, list[int]], species_level: set[str], uns
 
 def curate(table: str | os.PathLike, out: str | os.PathLike, *, min_per_species: int = 1,
            max_per_species: int | None = None, include: Sequence[str] = (), exclude: Sequence[str] = (),
-           eval_sets: Mapping[str, str | os.PathLike] | None = None, allow_leakage: bool = False,
+           eval_sets: Mapping[str, str | os.PathLike] | Sequence[str] | None = None, allow_leakage: bool = False,
            unseen_fraction: float = 0.0, unseen_species=None, val_fraction: float = 0.1,
            test_fraction: float = 0.1, shard_size: int = 1000, shuffle_buffer: int | None = 50_000,
-           seed: int = 0, overwrite: bool = False, progress: bool = True, log=print) -> dict:
-    """Curate ``table`` into ``out`` (see the module docstring); returns the curation record (curation.json)."""
+           seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+    """Curate ``table`` into ``out`` (see the module docstring); returns the curation record (curation.json).
+
+    Python face of ``ecoalign curate``, same arguments: ``include``/``exclude`` are 'RANK=NAME' strings,
+    ``eval_sets`` {name: table} or 'NAME=TABLE' strings, ``unseen_species`` names, 'A b,C d' or a file."""
     from tqdm.auto import tqdm
 
     out = Path(out)
+    eval_sets = _parse_eval_sets(eval_sets)
     if out.exists() and not overwrite:
         raise EcoalignInputError("output exists", path=out, expected="a new directory, or --overwrite")
     for name, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction),
@@ -266,7 +177,7 @@ def curate(table: str | os.PathLike, out: str | os.PathLike, *, min_per_species:
                     "common": tab.common_col, "split": tab.split_col},
                     "options": {"min_per_species": min_per_species, "max_per_species": max_per_species,
                                 "include": list(include), "exclude": list(exclude),
-                                "eval_sets": {k: str(v) for k, v in (eval_sets or {}).items()},
+                                "eval_sets": eval_sets,
                                 "allow_leakage": allow_leakage, "unseen_fraction": unseen_fraction,
                                 "val_fraction": val_fraction, "test_fraction": test_fraction,
                                 "shard_size": shard_size, "shuffle_buffer": shuffle_buffer},
@@ -307,7 +218,7 @@ def curate(table: str | os.PathLike, out: str | os.PathLike, *, min_per_species:
                 raise OSError("empty image path")
             data = fetch_bytes(src)
         except OSError as exc:
-            url_errors += _is_url(src)
+            url_errors += is_url(src)
             unreadable.append({"row": i, "source": src, "reason": f"cannot read: {exc}"})
             continue
         try:
@@ -316,7 +227,7 @@ def curate(table: str | os.PathLike, out: str | os.PathLike, *, min_per_species:
             unreadable.append({"row": i, "source": src, "reason": f"not a readable image: {exc}"})
             continue
         sha[i] = hashlib.sha256(data).hexdigest()
-    n_urls = sum(_is_url(sources[i]) for i in keep)
+    n_urls = sum(is_url(sources[i]) for i in keep)
     if n_urls and url_errors == n_urls and not sha:
         raise EcoalignInputError(f"none of the {n_urls} image URLs could be fetched (offline?); first: "
                                  f"{unreadable[0]['reason']}", path=tab.path, where=f"column {tab.image_col!r}",
@@ -331,7 +242,7 @@ def curate(table: str | os.PathLike, out: str | os.PathLike, *, min_per_species:
     # 4. evaluation sets: their images and species
     eval_species: dict[str, set[str]] = {}
     eval_sha: dict[str, str] = {}
-    for name, path in (eval_sets or {}).items():
+    for name, path in eval_sets.items():
         etab = read_table(path, need_images=False)
         etaxa, _ = table_taxa(etab)
         eval_species[name] = {t.scientific for t in etaxa if t.depth == len(RANKS)}
@@ -431,7 +342,7 @@ def curate(table: str | os.PathLike, out: str | os.PathLike, *, min_per_species:
     record["unseen_species"] = sorted(unseen_names)
     _write_outputs(out, tab, taxa, sources, sha, splits, record, shard_size=shard_size,
                    shuffle_buffer=shuffle_buffer, rng=rng, overwrite=overwrite, progress=progress)
-    _log_summary(record, out, log)
+    _log_summary(record, out)
     return record
 
 
@@ -478,30 +389,26 @@ def _write_outputs(out: Path, tab: Table, taxa, sources, sha, splits, record, *,
         write_json(tmp / "curation.json", record)
 
 
-def _log_summary(record: dict, out: Path, log) -> None:
-    steps = ", ".join(f"{s['step']} {s['before']}->{s['after']}" for s in record["steps"])
-    log(f"[ecoalign] curate: {steps}")
-    log("[ecoalign] splits: " + ", ".join(f"{k} {v['images']} images / {v['taxa']} taxa"
-                                          for k, v in record["splits"].items()))
+def _log_summary(record: dict, out: Path) -> None:
+    log.info("curate: %s", ", ".join(f"{s['step']} {s['before']}->{s['after']}" for s in record["steps"]))
     if record["unreadable"]:
-        log(f"[ecoalign] skipped {len(record['unreadable'])} unreadable image(s):")
-        for u in record["unreadable"][:20]:
-            log(f"[ecoalign]   row {u['row']}: {u['source']} ({u['reason']})")
-        if len(record["unreadable"]) > 20:
-            log(f"[ecoalign]   ... {len(record['unreadable']) - 20} more in curation.json")
+        log.warning("skipped %d unreadable image(s):\n%s%s", len(record["unreadable"]),
+                    "\n".join(f"  row {u['row']}: {u['source']} ({u['reason']})" for u in record["unreadable"][:20]),
+                    f"\n  ... {len(record['unreadable']) - 20} more in curation.json"
+                    if len(record["unreadable"]) > 20 else "")
     if record["missing_ranks"]:
         by_rank: dict[str, int] = {}
         for m in record["missing_ranks"]:
             by_rank[m["kept_at"]] = by_rank.get(m["kept_at"], 0) + 1
-        log(f"[ecoalign] {len(record['missing_ranks'])} row(s) with missing ranks kept at their deepest known rank: "
-            + ", ".join(f"{k} {v}" for k, v in by_rank.items()))
+        log.info("%d row(s) with missing ranks kept at their deepest known rank: %s", len(record["missing_ranks"]),
+                 ", ".join(f"{k} {v}" for k, v in by_rank.items()))
     if record["no_taxonomy"]:
-        log(f"[ecoalign] dropped {len(record['no_taxonomy'])} row(s) with no taxonomy at all")
+        log.warning("dropped %d row(s) with no taxonomy at all", len(record["no_taxonomy"]))
     if record["duplicates"] or record["eval_duplicates"]:
-        log(f"[ecoalign] removed {len(record['duplicates'])} duplicate image(s) within the table and "
-            f"{len(record['eval_duplicates'])} also present in evaluation sets")
+        log.info("removed %d duplicate image(s) within the table and %d also present in evaluation sets",
+                 len(record["duplicates"]), len(record["eval_duplicates"]))
     if record["leakage"]["allowed"]:
-        log(f"[ecoalign] WARNING leakage allowed: evaluation-set species in training: {record['leakage']['species']}")
+        log.warning("leakage allowed: evaluation-set species in training: %s", record["leakage"]["species"])
     if record["unseen_species_not_found"]:
-        log(f"[ecoalign] unseen species not in the table: {record['unseen_species_not_found'][:10]}")
-    log(f"[ecoalign] wrote {out} (curation.json, metadata.parquet, report/stats.md)")
+        log.warning("unseen species not in the table: %s", record["unseen_species_not_found"][:10])
+    log.info("wrote %s (curation.json, metadata.parquet, report/stats.md)", out)

@@ -1,4 +1,4 @@
-"""Zero-shot and few-shot evaluation of organism CLIP encoders, and prediction/embedding of photo folders.
+"""The measures behind ``zero-shot``, ``few-shot`` and ``predict``: class embeddings, scores and accuracies.
 
 Zero-shot follows CLIP/BioCLIP: a class is the mean of its template captions' text embeddings (re-normalised);
 a rank above species is scored either by summing species probabilities over each taxon's descendants ("sum")
@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from ecoalign.core.errors import EcoalignInputError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 METHODS = ("sum", "text")
 
 
@@ -85,7 +83,8 @@ def sum_to_rank(probs: np.ndarray, leaf_groups: Sequence[int], n_groups: int) ->
     return probs @ member
 
 
-def _rank_index(rank: str) -> int:
+def rank_index(rank: str) -> int:
+    """Position of ``rank`` in RANKS (kingdom 0 .. species 6); an unknown rank is a clear input error."""
     from ecoalign.data.taxonomy import RANKS
 
     if rank not in RANKS:
@@ -133,7 +132,7 @@ def build_classes(encoder, candidates: Iterable, rank: str = "species", *, metho
         raise EcoalignInputError(f"unknown method '{method}'", expected="'sum' (add species probabilities) or "
                                                                          "'text' (rank-level text)")
     templates = tuple(templates or TEMPLATES)
-    r = _rank_index(rank)
+    r = rank_index(rank)
     deep = list(_unique_by_label(t for t in candidates if t is not None and t.depth > r).values())
     if not deep:
         raise EcoalignInputError(f"no candidate taxon is known down to rank '{rank}'",
@@ -200,7 +199,7 @@ class ZeroShotReport:
 def zero_shot_accuracy(image_emb: np.ndarray, true_taxa: Sequence, classes: ZeroShotClasses
                        ) -> tuple[ZeroShotReport, np.ndarray]:
     """Top-1/top-5 accuracy at ``classes.rank``; images whose label does not reach the rank are excluded."""
-    r = _rank_index(classes.rank)
+    r = rank_index(classes.rank)
     index = {lab: i for i, lab in enumerate(classes.labels)}
     keep, truth, shallow, unknown = [], [], 0, 0
     for i, t in enumerate(true_taxa):
@@ -259,8 +258,8 @@ class FewShotReport:
         return asdict(self)
 
 
-def few_shot(embeddings: np.ndarray, labels: Sequence[str], k: int, *, folds: int = 10, seed: int = 0,
-             max_query_per_class: int | None = None) -> FewShotReport:
+def few_shot_accuracy(embeddings: np.ndarray, labels: Sequence[str], k: int, *, folds: int = 10, seed: int = 0,
+                      max_query_per_class: int | None = None) -> FewShotReport:
     """k-shot SimpleShot accuracy over repeated random support/query folds (classes need k + 1 images)."""
     if k < 1 or folds < 1:
         raise EcoalignInputError(f"k={k}, folds={folds}", expected="k >= 1 and folds >= 1")
@@ -288,249 +287,3 @@ def few_shot(embeddings: np.ndarray, labels: Sequence[str], k: int, *, folds: in
         n_query = len(qry)
     mean, lo, hi = mean_interval(accs)
     return FewShotReport(k, folds, len(usable), n_query, mean, lo, hi, accs, excluded)
-
-
-# ------------------------------------------------------------------------------------------- image folders
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files under a folder (recursive, sorted); a single image file is a folder of one."""
-    folder = Path(folder)
-    if folder.is_file():
-        return [folder]
-    if not folder.is_dir():
-        raise EcoalignInputError("no such image folder", path=folder, expected="a folder of photos")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not p.name.startswith("."))
-    if not files:
-        raise EcoalignInputError("no image files found", path=folder,
-                                 expected=f"files ending in {', '.join(IMAGE_SUFFIXES)}")
-    return files
-
-
-def open_rgb(path, min_side: int | None = None):
-    """Decode fully (so truncated files fail here, not later) and convert to RGB.
-
-    With ``min_side`` a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale whose sides stay >= min_side
-    (libjpeg's DCT scaling): a model that resizes to 224 px need not decode a 4000 px photo in full.
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if min_side:
-            im.draft("RGB", (min_side, min_side))
-        im.load()
-        return im.convert("RGB")
-
-
-def embed_items(encoder, items: Iterable[tuple[str, object, object]], *, batch_size: int = 64,
-                total: int | None = None, progress: bool = True, what: str = "images",
-                on_batch: Callable[[list[str], list, np.ndarray], None] | None = None
-                ) -> tuple[list[str], list, np.ndarray, list[tuple[str, str]]]:
-    """Embed (name, PIL image or path, payload) items in batches, skipping unreadable images.
-
-    Returns names, payloads and (N, D) embeddings of the images that were read, and (name, reason) for each
-    skipped one. ``on_batch`` sees every batch (streaming writers).
-    """
-    import itertools
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
-    names, payloads, parts, skipped = [], [], [], []
-    bar = tqdm(total=total, unit=" img", desc=f"[ecoalign] {what}", disable=not progress)
-    preprocess = getattr(encoder, "preprocess", None)  # run in the loader threads, beside the model
-    min_side = (getattr(encoder, "info", None) or {}).get("image_px")
-
-    def load(item):
-        name, image, payload = item
-        try:
-            image = image if not isinstance(image, (str, Path)) else open_rgb(image, min_side)
-            return name, (preprocess(image.convert("RGB")) if preprocess else image), payload, None
-        except Exception as exc:  # PIL raises many types for broken files; all mean "skip and list"
-            return name, None, payload, f"{type(exc).__name__}: {exc}"
-
-    def flush(batch):
-        if not batch:
-            return
-        images = [b[1] for b in batch]
-        if preprocess:
-            import torch
-
-            images = torch.stack(images)
-        emb = np.asarray(encoder.embed(images, batch_size=len(batch)), dtype=np.float32)
-        bn, bp = [b[0] for b in batch], [b[2] for b in batch]
-        names.extend(bn)
-        payloads.extend(bp)
-        parts.append(emb)
-        if on_batch is not None:
-            on_batch(bn, bp, emb)
-
-    batch: list = []
-    source, pending = iter(items), deque()
-    # one reader thread decodes the next images while the model runs (more would crowd torch's own threads)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        def top_up():  # bounded read-ahead: memory stays at ~2 batches however large the folder
-            for item in itertools.islice(source, max(0, 2 * batch_size - len(pending))):
-                pending.append(pool.submit(load, item))
-
-        top_up()
-        while pending:
-            name, image, payload, error = pending.popleft().result()
-            top_up()
-            bar.update(1)
-            if error is not None:
-                skipped.append((name, error))
-                continue
-            batch.append((name, image, payload))
-            if len(batch) == batch_size:
-                flush(batch)
-                batch = []
-        flush(batch)
-    bar.close()
-    dim = parts[0].shape[1] if parts else int(getattr(encoder, "embed_dim", 0))
-    return names, payloads, (np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)), skipped
-
-
-def embed_folder(encoder, folder: str | Path, *, batch_size: int = 64, progress: bool = True):
-    """(table, skipped): one row per readable image, ``file_name`` then ``emb_000``... (pybioclip's embed, flat)."""
-    import pandas as pd
-
-    from ecoalign.aerial.embed import EMBED_PREFIX
-
-    root = Path(folder)
-    files = list_images(root)
-    base = root if root.is_dir() else root.parent
-    items = ((str(p.relative_to(base)), p, None) for p in files)
-    names, _, emb, skipped = embed_items(encoder, items, batch_size=batch_size, total=len(files),
-                                         progress=progress, what="embed")
-    cols = pd.DataFrame(emb, columns=[f"{EMBED_PREFIX}{j:03d}" for j in range(emb.shape[1])])
-    table = pd.concat([pd.DataFrame({"file_name": names}), cols], axis=1)
-    return table, skipped
-
-
-def prediction_rows(names: Sequence[str], scores: np.ndarray, classes: ZeroShotClasses, k: int) -> list[dict]:
-    """Flat top-k rows per image: file_name, the taxon's ranks (or ``classification``), score, rank (1 = best)."""
-    from ecoalign.data.taxonomy import RANKS
-
-    k = max(1, min(k, len(classes.labels)))
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    rows = []
-    for name, best, row in zip(names, order, scores):
-        for pos, c in enumerate(best, start=1):
-            out = {"file_name": name}
-            taxon = classes.taxa[c]
-            if taxon is None:
-                out["classification"] = classes.labels[c]
-            else:
-                depth = RANKS.index(classes.rank) + 1
-                for rank_name in RANKS[:depth]:
-                    out[rank_name] = taxon.name_at(rank_name)
-                if classes.rank == "species":
-                    out["common_name"] = taxon.common
-            out["score"] = float(row[c])
-            out["rank"] = pos
-            rows.append(out)
-    return rows
-
-
-def predict_folder(encoder, folder: str | Path, classes: ZeroShotClasses, *, k: int = 5, batch_size: int = 64,
-                   progress: bool = True):
-    """(table, skipped): top-k zero-shot predictions for every readable image in a folder."""
-    import pandas as pd
-
-    root = Path(folder)
-    files = list_images(root)
-    base = root if root.is_dir() else root.parent
-    items = ((str(p.relative_to(base)), p, None) for p in files)
-    rows: list[dict] = []
-    *_, skipped = embed_items(encoder, items, batch_size=batch_size, total=len(files), progress=progress,
-                              what="predict",
-                              on_batch=lambda n, _, e: rows.extend(prediction_rows(n, classes.scores(e), classes, k)))
-    return pd.DataFrame(rows), skipped
-
-
-# ------------------------------------------------------------------------------------------ labelled inputs
-PATH_COLUMNS = ("path", "file_name", "filepath", "file", "image", "image_path", "source")
-COMMON_COLUMNS = ("common_name", "common")
-
-
-def read_table(path: str | Path):
-    """A CSV (any delimiter) or Parquet table."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.exists():
-        raise EcoalignInputError("no such table", path=path, expected="a CSV or Parquet file")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    try:
-        return pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise EcoalignInputError(f"unreadable table ({exc})", path=path, expected="CSV or Parquet") from exc
-
-
-def taxa_from_table(df, path) -> tuple[list, list[str]]:
-    """A cleaned Taxon per row (None where no rank is known) and the cleaning notes ('row 3: ...')."""
-    from ecoalign.data.taxonomy import RANKS, Taxon
-
-    cols = {c.lower().strip(): c for c in df.columns}
-    ranks = [r for r in (*RANKS, "cls") if r in cols]
-    if not ranks:
-        raise EcoalignInputError(f"no rank column among {list(df.columns)}", path=path,
-                                 expected=f"columns named like {', '.join(RANKS)}")
-    common = next((cols[c] for c in COMMON_COLUMNS if c in cols), None)
-    taxa, notes = [], []
-    for i, row in enumerate(df.to_dict("records")):
-        taxon, issues = Taxon.from_ranks({r: row[cols[r]] for r in ranks}, common=row[common] if common else None)
-        notes += [f"row {i + 2}: {n}" for n in issues]
-        taxa.append(taxon if taxon.depth else None)
-    return taxa, notes
-
-
-def path_column(df, path) -> str:
-    """The table's image path column (path, file_name, filepath, ...)."""
-    cols = {str(c).lower().strip(): c for c in df.columns}
-    found = next((cols[c] for c in PATH_COLUMNS if c in cols), None)
-    if found is None:
-        raise EcoalignInputError(f"no image path column among {list(df.columns)}", path=path,
-                                 expected=f"one of {', '.join(PATH_COLUMNS)}")
-    return found
-
-
-def read_labelled_table(path: str | Path, images_root: str | Path | None = None):
-    """(items, notes) from a labelled image table: items are (name, image path, Taxon or None) per row.
-
-    Image paths are relative to ``images_root`` (default: the table's folder) unless absolute.
-    """
-    path = Path(path)
-    df = read_table(path)
-    pcol = path_column(df, path)
-    taxa, notes = taxa_from_table(df, path)
-    root = Path(images_root) if images_root else path.parent
-    items = []
-    for name, taxon in zip(df[pcol].astype(str), taxa):
-        p = Path(name)
-        items.append((name, p if p.is_absolute() else root / p, taxon))
-    return items, notes
-
-
-def iter_curated(curated_dir: str | Path, split: str):
-    """(items, total): (key, PIL image, Taxon) from the webdataset shards of one curated split."""
-    from ecoalign.organism.shards import iter_samples, shard_paths
-
-    paths = shard_paths(curated_dir, split)
-    if not paths:
-        raise EcoalignInputError(f"no shards for split '{split}'", path=curated_dir,
-                                 expected="a folder written by `ecoalign curate` (train, val, test, test_unseen)")
-    total = _curated_count(Path(curated_dir), split)
-    return ((s["key"], s["image"], s["taxon"]) for s in iter_samples(paths)), total
-
-
-def _curated_count(folder: Path, split: str) -> int | None:
-    import json
-
-    try:
-        return int(json.loads((folder / "curation.json").read_text())["splits"][split]["images"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-

@@ -5,6 +5,8 @@
   and does not blur species apart. A random direction would give rho = dim(span) / D ("chance").
 - Fisher discriminant ratio ||mu_A - mu_B||^2 / (sigma_A^2 + sigma_B^2): how separable two groups are.
 - a 2-D map (PCA or t-SNE) of the embeddings coloured by a taxonomic rank.
+
+``intrinsic`` is the Python face of ``ecoalign intrinsic``: an encoder and labelled photos in, these measures out.
 """
 from __future__ import annotations
 
@@ -153,8 +155,10 @@ def _or_reason(fn, *args, **kwargs) -> dict:
 
 
 def intrinsic_analysis(emb: np.ndarray, taxa: Sequence, *, rank: str = "genus", variants: Sequence | None = None,
-                       method: str = "pca", out_dir: str | Path | None = None, seed: int = 0) -> dict:
-    """rho and FDR at species level (variants optional) and FDR between taxa at ``rank``; optional JSON + PNG."""
+                       method: str = "pca", out_dir: str | Path | None = None, seed: int = 0,
+                       extra: dict | None = None) -> dict:
+    """rho and FDR at species level (variants optional) and FDR between taxa at ``rank``; optional JSON + PNG.
+    ``extra`` (what was measured: encoder, data ...) joins the report."""
     from ecoalign.data.taxonomy import RANKS
 
     if rank not in RANKS:
@@ -172,6 +176,7 @@ def intrinsic_analysis(emb: np.ndarray, taxa: Sequence, *, rank: str = "genus", 
               f"fisher_{rank}": _or_reason(mean_fisher_ratio, emb[at_rank], rank_labels)}
     if var is not None:
         report["fisher_variants_within_species"] = _or_reason(mean_fisher_ratio, e, var, within=species)
+    report.update(extra or {})
     if out_dir is not None:
         from ecoalign.core.io import write_json
 
@@ -181,3 +186,46 @@ def intrinsic_analysis(emb: np.ndarray, taxa: Sequence, *, rank: str = "genus", 
         report["plot"] = str(png)
         write_json(out / "intrinsic.json", report)
     return report
+
+
+def intrinsic(encoder, *, curated: str | Path | None = None, table: str | Path | None = None, split: str = "test",
+              images_root: str | Path | None = None, rank: str = "genus", variant_column: str | None = None,
+              projection: str = "pca", seed: int = 0, weights: str | None = "none", device: str = "cpu",
+              batch_size: int = 64, out: str | Path | None = None, overwrite: bool = False,
+              progress: bool = True) -> dict:
+    """BioCLIP 2's intrinsic analysis of an encoder's image embeddings of labelled photos.
+
+    The photos: a ``curated`` folder's ``split`` or a labelled ``table`` (paths relative to ``images_root`` or
+    the table), whose ``variant_column`` may name intra-species variants (life stage, sex ...). ``encoder``: a
+    loaded organism encoder or a name for ``load_organism_encoder``. Returns the report: explained-variance
+    ratio, Fisher ratios between species and between taxa at ``rank`` (and between variants), what was
+    measured and the skipped images. With ``out`` (a folder) it is written as ``intrinsic.json`` with a 2-D
+    ``projection`` plot (pca or tsne) coloured by ``rank``.
+    """
+    from ecoalign.encoders.organism import as_organism_encoder
+    from ecoalign.organism.labelled import embed_labelled
+    from ecoalign.organism.outputs import report_skipped
+    from ecoalign.organism.tables import read_table
+
+    out = None if out is None else Path(out)
+    if out is not None and (out / "intrinsic.json").exists() and not overwrite:
+        raise EcoalignInputError("output exists", path=out / "intrinsic.json",
+                                 expected="another output folder, or overwrite (--overwrite)")
+    if variant_column and table is None:
+        raise EcoalignInputError("variant_column needs a labelled table", expected="table=<table with that column> "
+                                 "(--table)")
+    variants_of = None
+    if variant_column:
+        tab = read_table(table)
+        if variant_column not in tab.frame.columns:
+            raise EcoalignInputError(f"no column '{variant_column}'", path=table,
+                                     expected=f"one of {list(tab.frame.columns)}")
+        variants_of = dict(zip(tab.frame[tab.image_col].astype(str), tab.frame[variant_column].astype(str)))
+    enc = as_organism_encoder(encoder, weights=weights, device=device)
+    data = embed_labelled(enc, curated=curated, table=table, split=split, images_root=images_root,
+                          batch_size=batch_size, progress=progress)
+    variants = None if variants_of is None else [variants_of[n] for n in data.names]
+    extra = {"encoder": enc.identity(), **data.source, "projection": projection,
+             "skipped": report_skipped(data.skipped, None if out is None else out / "intrinsic.json")}
+    return intrinsic_analysis(data.embeddings, data.taxa, rank=rank, variants=variants, method=projection,
+                              out_dir=out, seed=seed, extra=extra)

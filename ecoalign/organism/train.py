@@ -8,22 +8,24 @@ so a resumed run takes the same path as an uninterrupted one. DDP via ``torchrun
 """
 from __future__ import annotations
 
-import logging
-
 import csv
 import io
+import logging
 import math
 import os
 import time
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Sequence
 
 import numpy as np
 
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import save_torch, write_json, write_text
+from ecoalign.organism.train_data import (
+    CaptionedImages, PairCaption, ReplayBatches, SpeciesCaption, epoch_batches, load_general_pairs,
+    load_species_samples)
 
 log = logging.getLogger(__name__)
 
@@ -35,99 +37,6 @@ METRIC_COLUMNS = ("step", "epoch", "loss", "species_loss", "replay_loss", "logit
 
 def _log(msg: str) -> None:
     log.info("%s", msg)
-
-
-# ---- data ------------------------------------------------------------------------------------------------------
-def load_species_samples(curated_dir, split: str, *, rank: int = 0, world: int = 1) -> list[dict]:
-    """This process's share (every ``world``-th sample, equal counts per rank) of a curated split, images kept
-    encoded: dicts with ``image`` (bytes), ``texts`` and ``taxon``."""
-    from ecoalign.organism.shards import iter_samples, shard_paths
-
-    paths = shard_paths(curated_dir, split)
-    return [{"image": s["image"], "texts": s["texts"], "taxon": s["taxon"]}
-            for i, s in enumerate(iter_samples(paths, decode=False)) if i % world == rank]
-
-
-def load_general_pairs(path, *, rank: int = 0, world: int = 1) -> list[dict]:
-    from ecoalign.organism.shards import read_general_pairs
-
-    return [{"image": p["image"], "text": p["text"]}
-            for i, p in enumerate(read_general_pairs(path, decode=False)) if i % world == rank]
-
-
-class SpeciesCaption:
-    """Caption of a species sample: text type (fixed or mixed) from its sidecars, in a random template."""
-
-    def __init__(self, samples: list[dict], text_type: str, templates: bool):
-        from ecoalign.data.taxonomy import TEMPLATES, TEXT_TYPES
-
-        self.samples, self.text_type, self.templates = samples, text_type, TEMPLATES if templates else ("{}",)
-        self.kinds = TEXT_TYPES
-
-    def __call__(self, idx: int, rng) -> str:
-        from ecoalign.data.taxonomy import text
-
-        s = self.samples[idx]
-        kind = self.kinds[rng.integers(len(self.kinds))] if self.text_type == "mixed" else self.text_type
-        raw = s["texts"].get(kind) or text(s["taxon"], kind)
-        return self.templates[rng.integers(len(self.templates))].format(raw)
-
-
-class PairCaption:
-    def __init__(self, pairs: list[dict]):
-        self.pairs = pairs
-
-    def __call__(self, idx: int, rng) -> str:
-        return self.pairs[idx]["text"]
-
-
-class CaptionedImages:
-    """Map-style dataset over encoded images; key (epoch, index) -> (image tensor, tokens). The augmentation and
-    caption are drawn from an RNG seeded by (seed, epoch, index): same views after a resume, with any workers."""
-
-    def __init__(self, images: list[bytes], caption: Callable, transform, tokenizer, seed: int):
-        self.images, self.caption, self.transform, self.tokenizer, self.seed = images, caption, transform, tokenizer, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key):
-        import torch
-
-        from ecoalign.organism.shards import decode_image
-
-        epoch, idx = key
-        rng = np.random.default_rng([self.seed, epoch, idx])
-        text = self.caption(idx, rng)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(2 ** 31)))
-            image = self.transform(decode_image(self.images[idx]))
-        return image, self.tokenizer([text])[0]
-
-
-def epoch_batches(n: int, batch: int, seed: int, epoch: int, start: int = 0) -> list[list[tuple[int, int]]]:
-    """The (epoch, index) batches of one epoch, from batch ``start`` on (drop_last, as CLIP training does)."""
-    perm = np.random.default_rng([seed, epoch, 17]).permutation(n)
-    return [[(epoch, int(i)) for i in perm[b * batch:(b + 1) * batch]] for b in range(start, n // batch)]
-
-
-class ReplayBatches:
-    """Endless replay batches: step s takes items s*B .. s*B+B-1 of a stream of reshuffled passes (deterministic)."""
-
-    def __init__(self, n: int, batch: int, seed: int, start_step: int):
-        self.n, self.batch, self.seed, self.start_step = n, batch, seed, start_step
-
-    def __iter__(self):
-        step, perms = self.start_step, {}
-        while True:
-            out = []
-            for pos in range(step * self.batch, (step + 1) * self.batch):
-                cycle = pos // self.n
-                if cycle not in perms:
-                    perms = {cycle: np.random.default_rng([self.seed, cycle, 29]).permutation(self.n)}
-                out.append((cycle, int(perms[cycle][pos % self.n])))
-            yield out
-            step += 1
 
 
 # ---- model -----------------------------------------------------------------------------------------------------
@@ -190,48 +99,52 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
 
 
 # ---- config and run directory ----------------------------------------------------------------------------------
-def _config(cfg, kwargs: dict) -> dict:
+def _config(cfg, overrides: Sequence[str], kwargs: dict) -> tuple[dict, dict]:
+    """(config, the options this call sets): ``cfg`` (default: the shipped train_organism config) with the Hydra
+    ``overrides`` and then ``kwargs`` applied. When resuming, an override is an option set by this call (checked
+    against the saved run), so its Hydra-typed value joins ``kwargs``."""
     from omegaconf import DictConfig, OmegaConf
 
     from ecoalign.core.config import compose
 
+    overrides = list(overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise EcoalignInputError(f"unexpected arguments {bad}", expected="key=value Hydra overrides")
+    if overrides and cfg is not None:
+        raise EcoalignInputError("overrides are applied to the shipped config", expected="cfg=None with overrides, "
+                                 "or the changes as keyword arguments")
     if cfg is None:
-        cfg = compose("train_organism")
+        cfg = compose("train_organism", overrides)
+        if kwargs.get("resume"):
+            kwargs = {**{k: cfg[k] for k in (o.split("=", 1)[0].lstrip("+~") for o in overrides)}, **kwargs}
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     unknown = sorted(set(kwargs) - set(c))
     if unknown:
         raise EcoalignInputError(f"unknown train-organism option(s) {unknown}", expected=f"keys of {sorted(c)}")
     c.update(kwargs)
-    return c
+    return c, kwargs
 
 
 def _resolve_run(c: dict, kwargs: dict) -> tuple[Path, dict, bool]:
     import yaml
 
-    resume = c.get("resume")
-    if resume:
-        if resume in (True, "latest"):
-            runs = sorted(p for p in RUNS_DIR.glob("*") if (p / "config.yaml").exists())
-            if not runs:
-                raise EcoalignInputError(f"--resume: no earlier run under {RUNS_DIR}", expected="--resume RUN_DIR")
-            run = runs[-1]
-        else:
-            run = Path(resume)
-        if not (run / "config.yaml").exists():
-            raise EcoalignInputError("--resume: not a train-organism run directory (no config.yaml)", path=run)
-        saved = yaml.safe_load((run / "config.yaml").read_text())
-        changed = sorted(k for k in kwargs if k not in RUNTIME_KEYS + ("resume", "out") and kwargs[k] != saved.get(k))
-        if changed:
-            raise EcoalignInputError(f"cannot change {changed} when resuming", path=run / "config.yaml",
-                                     expected=f"only runtime options {list(RUNTIME_KEYS)}; start a new run otherwise")
-        saved["max_steps"] = None  # an early stop belongs to the session that asked for it
-        saved.update({k: v for k, v in kwargs.items() if k in RUNTIME_KEYS})
-        return run, saved, True
-    run = Path(c["out"]) if c.get("out") else RUNS_DIR / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if (run / "config.yaml").exists():
-        raise EcoalignInputError("a run already exists here", path=run,
-                                 expected="--resume to continue it, or another --out directory")
-    return run, c, False
+    from ecoalign.core.runs import resolve_run
+
+    run, resuming = resolve_run(c.get("out"), c.get("resume"), RUNS_DIR)
+    if not resuming:
+        return run, c, False
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    changed = sorted(k for k in kwargs if k not in RUNTIME_KEYS + ("resume", "out") and kwargs[k] != saved.get(k))
+    if changed:
+        raise EcoalignInputError(f"cannot change {changed} when resuming", path=run / "config.yaml",
+                                 expected=f"only runtime options {list(RUNTIME_KEYS)}; start a new run otherwise")
+    saved["max_steps"] = None  # an early stop belongs to the session that asked for it
+    applied = {k: v for k, v in kwargs.items() if k in RUNTIME_KEYS and v != saved.get(k)}
+    for k, v in applied.items():
+        log.warning("resumed run: %s changed from %r to %r", k, saved.get(k), v)
+    saved.update(applied)
+    return run, saved, True
 
 
 def _validate(c: dict) -> None:
@@ -260,15 +173,24 @@ def _model_name(arch: str) -> str:
 
 
 # ---- training --------------------------------------------------------------------------------------------------
-def train_organism(cfg=None, /, **kwargs) -> Path:
+def train_organism(cfg=None, /, *, overrides: Sequence[str] = (), **kwargs) -> Path:
     """Train (or continue) an organism CLIP model; returns the run directory, whose ``encoder/`` loads with
-    ``load_organism_encoder``. ``cfg``: a composed ``train_organism`` config (or dict); kwargs override keys."""
+    ``load_organism_encoder``.
+
+    Python face of ``ecoalign train-organism``: keyword arguments are the keys of the train_organism config
+    (the command's flags: ``curated``, ``arch``, ``weights``, ``epochs``, ..., ``out``, ``resume``), ``overrides``
+    its trailing Hydra ``key=value`` arguments (keywords win over them). ``cfg``: a composed ``train_organism``
+    config (or dict) instead of the shipped one."""
     import torch
     import yaml
 
     from ecoalign.encoders.organism import load_organism_encoder
 
-    c = _config(cfg, kwargs)
+    if kwargs.get("resume"):  # `--resume lr=1e-4`: the override is not a run directory
+        from ecoalign.core.runs import split_resume_argument
+
+        kwargs["resume"], overrides = split_resume_argument(kwargs["resume"], overrides)
+    c, kwargs = _config(cfg, overrides, kwargs)
     run_dir, c, resuming = _resolve_run(c, kwargs)
     _validate(c)
     rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1),
@@ -306,9 +228,9 @@ def train_organism(cfg=None, /, **kwargs) -> Path:
 
     encoder = load_organism_encoder(_model_name(str(c["arch"])), weights=c.get("weights"))
     start_info = {k: encoder.info.get(k) for k in ("arch", "weights", "weights_sha256", "random_weights")}
-    if encoder.random_weights and not resuming:
-        say(f"WARNING: training starts from RANDOM weights ({start_info['arch']}, no --weights): fine for tests and "
-            f"the demo world; give a checkpoint to fine-tune a pretrained model")
+    if encoder.random_weights and not resuming and main:
+        log.warning("training starts from RANDOM weights (%s, no weights): fine for tests and the demo world; give "
+                    "a checkpoint to fine-tune a pretrained model", start_info["arch"])
     tf, tok = encoder.train_preprocess, encoder.tokenizer
     species_ds = CaptionedImages([s["image"] for s in samples], SpeciesCaption(samples, c["text_type"],
                                                                                c["templates"]), tf, tok, seed)
@@ -454,18 +376,20 @@ def _amp_dtype(amp: str, device: str):
 
 
 def _val_loss(model, encoder, c: dict, device, autocast, cap: int = 512) -> float | None:
-    """Mean CLIP loss on (up to ``cap`` images of) the validation split, taxonomic text in the first template."""
+    """Mean CLIP loss (open_clip's, as in training) on (up to ``cap`` images of) the validation split, in batches
+    of ``batch_size``, taxonomic text in the first template. Rank 0 alone: a loss of its own, no gathering."""
     import itertools
 
     import torch
+    from open_clip.loss import ClipLoss
 
-    from ecoalign.organism.shards import iter_samples, shard_paths
     from ecoalign.data.taxonomy import TEMPLATES, text
+    from ecoalign.organism.shards import iter_samples, shard_paths
 
     paths = shard_paths(c["curated"], c["val_split"])
     if not paths:
         return None
-    batch, losses = int(c["batch_size"]), []
+    batch, losses, loss_fn = int(c["batch_size"]), [], ClipLoss()
     samples = list(itertools.islice(iter_samples(paths), cap))
     model.eval()
     with torch.no_grad(), model.as_clip() as clip, autocast():
@@ -477,10 +401,7 @@ def _val_loss(model, encoder, c: dict, device, autocast, cap: int = 512) -> floa
             t = encoder.tokenizer([TEMPLATES[0].format(s["texts"].get("taxonomic") or text(s["taxon"], "taxonomic"))
                                    for s in chunk]).to(device)
             img, txt = clip.encode_image(x, normalize=True), clip.encode_text(t, normalize=True)
-            logits = clip.logit_scale.exp() * img @ txt.T
-            labels = torch.arange(len(chunk), device=device)
-            losses.append(float((torch.nn.functional.cross_entropy(logits, labels)
-                                 + torch.nn.functional.cross_entropy(logits.T, labels)) / 2))
+            losses.append(float(loss_fn(img, txt, clip.logit_scale.exp())))
     model.train()
     return float(np.mean(losses)) if losses else None
 

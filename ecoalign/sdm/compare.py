@@ -1,10 +1,14 @@
-"""``ecoalign compare``: several encoders on the same sites and the same folds -> Markdown, CSV and a chart."""
+"""``compare``: several encoders on the same sites and the same folds -> Markdown, CSV and a chart.
+
+The Python face of ``ecoalign compare``: ``compare(spec, {"frozen": "a.parquet", "adapted": "b.parquet"},
+manifest=..., out="cmp")`` returns the table the command writes to ``comparison.csv``.
+"""
 from __future__ import annotations
 
 import logging
-
 from dataclasses import replace
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -12,7 +16,8 @@ import pandas as pd
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import atomic_path, write_text
 from ecoalign.sdm.fitting import cross_validate
-from ecoalign.sdm.sites import SiteTable
+from ecoalign.sdm.sites import SiteTable, read_sites
+from ecoalign.sdm.spec import ModelSpec, as_spec
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,32 @@ def _common(sites: dict[str, SiteTable]) -> dict[str, SiteTable]:
         pos = pd.Index(s.ids).get_indexer(order)
         out[name] = replace(s, ids=np.asarray(order), xy=s.xy[pos], X=s.X.iloc[pos], Y=s.Y.iloc[pos])
     return out
+
+
+def compare(spec: ModelSpec | str | Path, encoders: Mapping[str, object], *, manifest=None, points=None,
+            covariates=None, background=None, id_column: str = "plot_id", crs=None, out: str | Path, seed: int = 0,
+            n_jobs: int = -1) -> pd.DataFrame:
+    """Cross-validate the spec's model on each encoder's embeddings, on the sites all of them share and the
+    same folds; write ``comparison.csv``, ``comparison.md`` and ``comparison.png`` to ``out``.
+
+    ``encoders``: ``{name: embedding table}`` (``ecoalign embed`` paths or GeoDataFrames). The other sites
+    inputs are those of :func:`ecoalign.sdm.sites.read_sites`. Returns the metrics of every encoder (per
+    species, micro and macro, with bootstrap intervals; columns ``encoder`` and ``random_weights``).
+    """
+    spec = as_spec(spec)
+    if not encoders:
+        raise EcoalignInputError("no encoders to compare", expected="at least one NAME=EMBEDDINGS.parquet "
+                                                                    "(--encoder; encoders={name: table})")
+    if isinstance(manifest, (str, Path)):
+        from ecoalign.data.manifest import load_manifest
+
+        manifest = load_manifest(manifest)  # once for all encoders
+    sites = {}
+    for name, embeddings in encoders.items():
+        log.info("encoder '%s': reading its sites", name)
+        sites[str(name)] = read_sites(spec, manifest=manifest, embeddings=embeddings, points=points,
+                                      covariates=covariates, background=background, id_column=id_column, crs=crs)
+    return compare_encoders(spec, sites, out, seed=seed, n_jobs=n_jobs)
 
 
 def compare_encoders(spec, sites: dict[str, SiteTable], out: str | Path, *, seed: int = 0, n_jobs: int = -1) -> pd.DataFrame:

@@ -26,7 +26,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.sdm.species_model import SpeciesModelMixin, as_features, as_targets, resolve_n_jobs
+from ecoalign.sdm.species_model import (CONSTANT_COLUMNS_NOTE, SKIPPED_SPECIES_NOTE, SpeciesModelMixin, as_features,
+                                        as_targets, notes_silenced, resolve_n_jobs)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ MEMBERS = ("rf_down", "deep_maxent", "maxent", "lightgbm_down", "lightgbm")
 # per fold model: a committee of 3 folds holds 300 down-sampled trees per species
 MEMBER_DEFAULTS = {"rf_down": {"n_estimators": 100}}
 _LEVELS = np.linspace(0.0, 1.0, 1001)
+# numpy's words for a nanmean / nanstd over nothing but NaN (the only RuntimeWarnings the ensemble silences)
+_EMPTY_MEAN = "Mean of empty slice"
+_EMPTY_STD = "Degrees of freedom <= 0 for slice"
 
 
 def _make_member(name: str, params: dict, n_jobs: int):
@@ -147,9 +151,7 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         oof = {m: np.full((len(Xa), S), np.nan) for m in members}
         for k, (train, test) in enumerate(splits):
             for m in members:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="skipped .* species", category=UserWarning)
-                    warnings.filterwarnings("ignore", message="dropping .* constant", category=UserWarning)
+                with notes_silenced(SKIPPED_SPECIES_NOTE, CONSTANT_COLUMNS_NOTE):  # about this fold's rows only
                     try:
                         model = _make_member(m, {**MEMBER_DEFAULTS.get(m, {}), **params.get(m, {})}, threads).fit(
                             Xa[train], Yk[train], species=self.species_)
@@ -177,9 +179,10 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         best = max(scored.values()) if scored else np.nan
         self.selected_ = [m for m in members if m in scored and scored[m] >= best - float(self.selection_margin)] \
             or members
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: site not used for that species
-            self.oof_ = np.nanmean(np.stack([oof[m] for m in self.selected_]), axis=0)
+        stacked = np.stack([oof[m] for m in self.selected_])
+        with warnings.catch_warnings():  # all-NaN rows: site not used for that species
+            warnings.filterwarnings("ignore", message=_EMPTY_MEAN, category=RuntimeWarning)
+            self.oof_ = np.nanmean(stacked, axis=0)
         self.oof_[~used] = np.nan
         log.info("ensemble members (out-of-fold AUC): %s; selected %s",
                  {m: round(a, 4) for m, a in self.member_cv_auc_.items()}, self.selected_)
@@ -214,13 +217,15 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
     # -------------------------------------------------------------- predict
     def predict_proba(self, X) -> np.ndarray:
         """Relative suitability in [0, 1] (share of the landscape sample scored lower), (n, len(species_))."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out = np.nanmean(self._components(X), axis=0)
+        components = self._components(X)
+        with warnings.catch_warnings():  # species no selected fold model has: 0 below
+            warnings.filterwarnings("ignore", message=_EMPTY_MEAN, category=RuntimeWarning)
+            out = np.nanmean(components, axis=0)
         return np.nan_to_num(out, nan=0.0)
 
     def predict_spread(self, X) -> np.ndarray:
         """Standard deviation of the committee's scores, (n, len(species_)): the ensemble's uncertainty."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nan_to_num(np.nanstd(self._components(X), axis=0), nan=0.0)
+        components = self._components(X)
+        with warnings.catch_warnings():  # one or no fold model for a species: spread 0
+            warnings.filterwarnings("ignore", message=_EMPTY_STD, category=RuntimeWarning)
+            return np.nan_to_num(np.nanstd(components, axis=0), nan=0.0)

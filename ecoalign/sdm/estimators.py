@@ -18,7 +18,8 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.metaestimators import available_if
 
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.sdm.species_model import SpeciesModelMixin, as_features, as_targets, resolve_n_jobs
+from ecoalign.sdm.species_model import (SpeciesModelMixin, TrainingRowsNote, as_features, as_targets,
+                                        resolve_n_jobs)
 
 ESTIMATORS = ("lightgbm", "random_forest", "logistic", "ridge", "rf_down", "lightgbm_down", "maxent")
 PRESENCE_ONLY_ESTIMATORS = ("rf_down", "lightgbm_down", "maxent")  # need presences vs background/absences
@@ -266,7 +267,7 @@ class MultiSpeciesModel(SpeciesModelMixin, BaseEstimator):
                                      expected="at least one feature that varies between rows")
         if len(constant):
             warnings.warn(f"dropping {len(constant)} constant feature column(s): {self.dropped_features_}",
-                          UserWarning, stacklevel=2)
+                          TrainingRowsNote, stacklevel=2)
         self._keep = np.flatnonzero(np.ptp(Xa, axis=0) != 0)
         Xk = Xa[:, self._keep]
 

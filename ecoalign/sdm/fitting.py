@@ -13,7 +13,6 @@ import inspect
 import json
 import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ecoalign.core.io import atomic_path, write_json
 from ecoalign.sdm.metrics import THRESHOLD_RULES, evaluate_abundance, evaluate_presence, threshold_rules
 from ecoalign.sdm.sites import SiteTable
 from ecoalign.sdm.spec import ModelSpec
+from ecoalign.sdm.species_model import CONSTANT_COLUMNS_NOTE, SKIPPED_SPECIES_NOTE, notes_silenced
 
 BUNDLE_VERSION = 2
 REFERENCE_ROWS = 5000  # background (landscape) rows whose scores a bundle keeps for Boyce at evaluate time
@@ -153,6 +153,9 @@ def cross_validate(spec: ModelSpec, sites: SiteTable, *, seed: int = 0, n_jobs=-
     if len(constant) == sites.X.shape[1]:
         raise EcoalignInputError(f"all {len(constant)} feature column(s) are constant over the sites: {constant[:5]}",
                                  expected="features that vary between sites")
+    if constant:
+        log.warning("%d feature column(s) constant over all %d sites, not used by the model: %s", len(constant),
+                    len(sites.X), constant[:10])
     species, skipped = template[-1].fittable_species(sites.Y)
     Y = sites.Y[species]
     if _fit_params(template, sites.xy):  # the model folds in space itself: its committee's out-of-fold predictions
@@ -170,9 +173,7 @@ def cross_validate(spec: ModelSpec, sites: SiteTable, *, seed: int = 0, n_jobs=-
         else list(splitter.split(sites.X))
     failed: list[str] = []
     for k, (train, test) in enumerate(folds):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="skipped .* species", category=UserWarning)
-            warnings.filterwarnings("ignore", message="dropping .* constant", category=UserWarning)
+        with notes_silenced(SKIPPED_SPECIES_NOTE, CONSTANT_COLUMNS_NOTE):  # about this fold's training rows only
             try:
                 model = clone(template).fit(sites.X.iloc[train], Y.iloc[train])
             except EcoalignInputError as exc:  # e.g. no species has enough presences in this fold's training part
@@ -254,8 +255,7 @@ def fit_bundle(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int 
     model = cv.model
     if model is None:
         model = make_model(spec, n_jobs, _embedding_columns(sites), seed=seed)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="dropping .* constant", category=UserWarning)
+        with notes_silenced(CONSTANT_COLUMNS_NOTE):  # cross_validate has named them
             model.fit(sites.X, sites.Y[cv.species], **_fit_params(model, sites.xy))
     species = list(model[-1].species_)
     reference = None
@@ -305,15 +305,20 @@ def summary(metrics: pd.DataFrame) -> dict:
     return {f"{r.species}_{r.metric}": [r.value, r.ci_low, r.ci_high] for r in rows.itertuples()}
 
 
-def load_bundle(path: str | Path):
-    import joblib
-
-    path = Path(path)
-    meta_path = path / "bundle.json"
+def read_bundle_meta(path: str | Path) -> dict:
+    """A bundle's ``bundle.json``, without loading its model."""
+    meta_path = Path(path) / "bundle.json"
     if not meta_path.exists():
         raise EcoalignInputError("not a model bundle (no bundle.json)", path=path, expected="an `ecoalign fit --out` directory")
-    meta = json.loads(meta_path.read_text())
-    return joblib.load(path / "model.joblib"), meta
+    return json.loads(meta_path.read_text())
+
+
+def load_bundle(path: str | Path):
+    """(fitted model, ``bundle.json`` as a dict) of a bundle folder."""
+    import joblib
+
+    meta = read_bundle_meta(path)
+    return joblib.load(Path(path) / "model.joblib"), meta
 
 
 def reference_scores(bundle: str | Path, meta: dict) -> np.ndarray | None:
@@ -328,18 +333,22 @@ def reference_scores(bundle: str | Path, meta: dict) -> np.ndarray | None:
     return np.load(path, allow_pickle=False)
 
 
-def evaluate_bundle(bundle: str | Path, sites: SiteTable, *, seed: int = 0, metrics: list[str] | None = None,
+def evaluate_bundle(bundle, sites: SiteTable, *, seed: int = 0, metrics: list[str] | None = None,
                     n_boot: int | None = None) -> pd.DataFrame:
     """Metrics of a fitted bundle on an independent test table (e.g. presence/absence survey sites).
 
-    The thresholds are the bundle's own (out-of-fold max-TSS); the Boyce index compares the test presences
-    with the bundle's scores at its background sample (Hirzel et al. 2006: the landscape, not the test sites).
+    ``bundle``: a bundle folder, or a loaded :class:`ecoalign.sdm.fit.Bundle`. The thresholds are the bundle's
+    own (out-of-fold max-TSS); the Boyce index compares the test presences with the bundle's scores at its
+    background sample (Hirzel et al. 2006: the landscape, not the test sites).
     """
     from dataclasses import replace
 
     from ecoalign.sdm.spec import spec_from_dict
 
-    model, meta = load_bundle(bundle)
+    if hasattr(bundle, "model") and hasattr(bundle, "meta"):  # already loaded
+        model, meta, bundle = bundle.model, bundle.meta, bundle.path
+    else:
+        model, meta = load_bundle(bundle)
     missing = [c for c in meta["features"] if c not in sites.X.columns]
     if missing:
         raise EcoalignInputError(f"the test sites lack the model's features {missing[:5]}",

@@ -87,15 +87,21 @@ def _target_table(spec: ModelSpec, manifest, sites) -> pd.DataFrame:
     df = pd.read_csv(path, sep=t.get("sep", ","))
     if spec.task == "presence_only":
         return _records_to_targets(df, t, sites, path)
-    id_col = t.get("id_column", "plot_id")
-    if id_col not in df.columns:
-        raise EcoalignInputError(f"column '{id_col}' not found", path=path, expected=f"one of {list(df.columns)}")
-    cols = t.get("columns") or [c for c in df.columns if c != id_col]
+    return wide_targets(df, spec.task, t.get("id_column", "plot_id"), t.get("columns"), path)
+
+
+def wide_targets(df: pd.DataFrame, task: str, id_column: str, columns: list[str] | None, where) -> pd.DataFrame:
+    """A wide target table (an id column + one column per species, ``columns`` or all others) on string site
+    ids: 0/1 for presence/absence (any value > 0 is a presence), numbers for abundance."""
+    if id_column not in df.columns:
+        raise EcoalignInputError(f"column '{id_column}' not found", path=where, expected=f"one of {list(df.columns)}")
+    cols = list(columns) if columns else [c for c in df.columns if c != id_column]
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise EcoalignInputError(f"target columns {missing} not found", path=path, expected=f"columns of {list(df.columns)}")
-    table = df.set_index(df[id_col].astype(str))[cols].apply(pd.to_numeric, errors="coerce")
-    if spec.task == "presence_absence":
+        raise EcoalignInputError(f"target columns {missing} not found", path=where,
+                                 expected=f"columns of {list(df.columns)}")
+    table = df.set_index(df[id_column].astype(str))[cols].apply(pd.to_numeric, errors="coerce")
+    if task == "presence_absence":
         table = (table > 0).astype(float)
     return table
 
@@ -247,22 +253,27 @@ def _all_covariates(table: pd.DataFrame, spec: ModelSpec, id_col: str, presence_
 
 
 def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd.DataFrame | None = None,
-                manifest=None, id_column: str = "plot_id", background=None) -> SiteTable:
+                manifest=None, id_column: str = "plot_id", background=None,
+                targets: pd.DataFrame | None = None) -> SiteTable:
     """Join sites, features and targets for a spec; `embeddings` is an `ecoalign embed` table (path or frame).
 
     With ``background`` (a points table), ``points`` are presence-only records and the two are combined
-    into presence/background sites (see :func:`presence_background_points`).
+    into presence/background sites (see :func:`presence_background_points`). ``targets``, a table on string
+    site ids (see :func:`wide_targets`), replaces the spec's ``target.source``.
     """
     from ecoalign.aerial.embed import embedding_columns, read_embeddings
 
-    targets = None
     dropped: dict[str, list[str]] = {}
     if background is not None:
         if points is None:
             raise EcoalignInputError("background points need presence records", expected="--points RECORDS --background BG")
+        if targets is not None:
+            raise EcoalignInputError("both a target table and background points were given",
+                                     expected="presence records with background points (their species are the "
+                                              "targets), or a target table, not both")
         points, targets, dropped = presence_background_points(points, background, spec)
         id_column = "plot_id"
-    elif spec.task == "presence_only" and "source" not in spec.target:
+    elif spec.task == "presence_only" and "source" not in spec.target and targets is None:
         raise EcoalignInputError("a presence-only spec without target.source needs background points",
                                  expected="--background BG (with --points RECORDS), or target.source in the spec")
     feature_source: dict[str, Any] = {}
@@ -348,3 +359,51 @@ def build_sites(spec: ModelSpec, *, embeddings=None, points=None, covariates: pd
     sites = gdf.loc[keep]
     return SiteTable(ids=np.asarray(sites.index), xy=_centres(sites),
                      crs=sites.crs, X=X.loc[keep], Y=Y, dropped=dropped, feature_source=feature_source)
+
+
+def read_sites(spec, *, manifest=None, embeddings=None, points=None, covariates=None, background=None,
+               id_column: str = "plot_id", crs=None, targets: pd.DataFrame | None = None) -> SiteTable:
+    """The sites of ``ecoalign fit``, ``evaluate`` and ``compare``, from the same inputs as their flags.
+
+    ``spec``: a :class:`ModelSpec`, a ``species_models/`` name or a spec YAML path; ``manifest``: a path or a
+    loaded manifest (targets from its relevés or extras); ``embeddings``: an ``ecoalign embed`` table (path or
+    GeoDataFrame); ``points``: a sites table without imagery (GeoPackage/GeoParquet, a CSV with x/y columns and
+    ``crs``, or a (Geo)DataFrame), or with ``background`` the presence-only records (a species column; ids may
+    repeat); ``covariates``: a table (CSV path or DataFrame) joined on ``id_column``; ``targets``: see
+    :func:`build_sites`. Sites without coordinates are dropped and counted like every other unusable site.
+    """
+    from ecoalign.data.plots import read_plots
+    from ecoalign.sdm.spec import as_spec
+
+    spec = as_spec(spec)
+    if isinstance(manifest, (str, Path)):
+        from ecoalign.data.manifest import load_manifest
+
+        manifest = load_manifest(manifest)
+    if background is not None:
+        if points is None:
+            raise EcoalignInputError("background points need presence records",
+                                     expected="points= (--points RECORDS) with background= (--background BG)")
+        points = read_plots(points, crs=crs, unique_ids=False)
+        background = read_plots(background, crs=crs, unique_ids=False)
+        for what, table in (("presence record", points), ("background point", background)):
+            rows = table.attrs.get("without_coordinates") or []
+            if rows:
+                log.warning("%d %s(s) without coordinates skipped: %s", len(rows), what, rows[:10])
+    elif points is not None:
+        points = read_plots(points, id_column=id_column, crs=crs)
+    if isinstance(covariates, (str, Path)):
+        path = Path(covariates)
+        if not path.exists():
+            raise EcoalignInputError("covariate table not found", path=path)
+        covariates = pd.read_csv(path)
+    sites = build_sites(spec, embeddings=embeddings, points=points, covariates=covariates, manifest=manifest,
+                        id_column=id_column, background=background, targets=targets)
+    no_coords = [] if embeddings is not None or background is not None or points is None \
+        else list(points.attrs.get("without_coordinates") or [])
+    if no_coords:
+        sites.dropped["no_coordinates"] = no_coords
+    dropped = {k: len(v) for k, v in sites.dropped.items()}
+    log.info("%d sites, %d features, %d targets; dropped %s", len(sites.ids), sites.X.shape[1], sites.Y.shape[1],
+             dropped or "none")
+    return sites

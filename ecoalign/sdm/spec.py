@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.core.paths import REPO_ROOT
+from ecoalign.core.paths import resolve_species_model
 
 TASKS = {"presence_absence", "presence_only", "abundance"}
 CV_SCHEMES = ("spatial_block", "random", "none")
@@ -35,19 +35,15 @@ class ModelSpec:
         return "abundance" if self.task == "abundance" else "presence"
 
 
-def species_models_dir() -> Path:
-    return REPO_ROOT / "species_models"
-
-
 def load_spec(name_or_path: str | Path) -> ModelSpec:
-    """A spec by path, or by name in ``species_models/`` (``plant_presence``)."""
-    path = Path(name_or_path)
-    if not path.exists():
-        path = species_models_dir() / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in species_models_dir().glob("*.yaml"))
-        raise EcoalignInputError("model spec not found", path=name_or_path, expected=f"a YAML path or one of {known}")
+    """A spec by path, or by name in the spec folders (shipped ``species_models/`` and the user's)."""
+    path = resolve_species_model(name_or_path)
     return spec_from_dict(yaml.safe_load(path.read_text()) or {}, path)
+
+
+def as_spec(spec: ModelSpec | str | Path) -> ModelSpec:
+    """A spec as given, or loaded by name or path (see :func:`load_spec`)."""
+    return spec if isinstance(spec, ModelSpec) else load_spec(spec)
 
 
 def spec_from_dict(raw: dict[str, Any], path: Path | str = "<spec>") -> ModelSpec:

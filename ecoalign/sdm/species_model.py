@@ -8,13 +8,35 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Mapping, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
 from ecoalign.core.errors import EcoalignInputError
+
+
+class TrainingRowsNote(UserWarning):
+    """A species model's note about the rows it was fitted on: species skipped (too few presences or absences),
+    constant feature columns dropped. Fitted on all sites it is news for the user; fitted on one
+    cross-validation fold's training part it describes that part only (see :func:`notes_silenced`)."""
+
+
+# the notes' messages as the models word them (``warnings`` filters match them from the start)
+SKIPPED_SPECIES_NOTE = r"skipped \d+ of \d+ species: "
+CONSTANT_COLUMNS_NOTE = r"dropping \d+ constant feature column\(s\): "
+
+
+@contextmanager
+def notes_silenced(*messages: str) -> Iterator[None]:
+    """Silence the :class:`TrainingRowsNote` warnings whose message matches one of ``messages`` (e.g.
+    :data:`SKIPPED_SPECIES_NOTE`) inside the block; every other warning still reaches the user."""
+    with warnings.catch_warnings():
+        for message in messages:
+            warnings.filterwarnings("ignore", message=message, category=TrainingRowsNote)
+        yield
 
 
 def available_cores() -> int:
@@ -161,7 +183,7 @@ class SpeciesModelMixin:
             shown = ", ".join(f"{k} ({v})" for k, v in list(skipped.items())[:10])
             more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
             warnings.warn(f"skipped {len(skipped)} of {len(names)} species: {shown}{more}; see skipped_species_",
-                          UserWarning, stacklevel=3)
+                          TrainingRowsNote, stacklevel=3)
         self.species_ = [names[j] for j in keep]
         self._y_1d = one_d
         self.thresholds_ = None

@@ -1,0 +1,1 @@
+"""Hydra config groups of `ecoalign adapt` and `ecoalign train-organism`, shipped as package data (pkg://ecoalign.configs)."""

@@ -1,0 +1,119 @@
+"""One block of a map: one read for all its windows, their embeddings in batches, the model's predictions.
+
+Windows whose invalid fraction exceeds ``max_nodata_fraction`` (the rule of ``embed_points``) are never embedded
+and are nodata in the output. The DOFA patch-embedding kernel is computed once per run by the encoder's features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecoalign.aerial.embed import EMBED_PREFIX
+from ecoalign.core.errors import EcoalignInputError
+from ecoalign.data.patches import preprocess_windows, valid_mask
+from ecoalign.encoders.base import WindowEncoder
+from ecoalign.mapping.loading import encoder_from_plan, model_from_plan
+from ecoalign.mapping.plan import GDAL_CACHE_MB, Block, MapPlan, window_centres
+
+
+@dataclass
+class BlockInput:
+    """The valid windows of a block: raw pixels of their union and where each window sits."""
+
+    block: Block
+    pixels: np.ndarray | None  # (bands, in_h, in_w) float32, NaN where invalid; None when no window is valid
+    valid_windows: np.ndarray  # (h, w) bool
+
+
+def read_block(plan: MapPlan, block: Block) -> BlockInput:
+    """One read for all windows of a block; windows above the nodata fraction are marked invalid."""
+    import rasterio
+    from rasterio.windows import Window
+
+    s, k = plan.stride_px, plan.window_px
+    win = Window(block.col_off * s, block.row_off * s, (block.width - 1) * s + k, (block.height - 1) * s + k)
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(plan.raster) as src:
+            arr = src.read(window=win, out_dtype="float32")
+    except rasterio.errors.RasterioIOError as exc:
+        raise EcoalignInputError(f"cannot read the raster (truncated or corrupt?): {exc}", path=plan.raster,
+                                 where=f"pixels {win}") from exc
+    valid_px = valid_mask(arr, plan.input_nodata)
+    ok = _invalid_fraction(~valid_px, k, s, block.height, block.width) <= plan.max_nodata_fraction
+    if not ok.any():
+        return BlockInput(block, None, ok)
+    arr[:, ~valid_px] = np.nan
+    return BlockInput(block, arr, ok)
+
+
+def _invalid_fraction(invalid: np.ndarray, k: int, s: int, h: int, w: int) -> np.ndarray:
+    """(h, w) fraction of invalid pixels in each k x k window at stride s, from an integral image (O(pixels))."""
+    ii = np.zeros((invalid.shape[0] + 1, invalid.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(invalid, axis=0), axis=1, out=ii[1:, 1:])
+    r, c = np.arange(h)[:, None] * s, np.arange(w)[None, :] * s
+    return (ii[r + k, c + k] - ii[r, c + k] - ii[r + k, c] + ii[r, c]) / float(k * k)
+
+
+def embed_windows(plan: MapPlan, pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, encoder: WindowEncoder,
+                  batch_size: int = 32, device=None, autocast: bool = False) -> np.ndarray:
+    """Embeddings of the windows at block-relative output pixels, exactly as ``embed_points`` builds them:
+    ``preprocess_windows`` with the plan's band standardisation, then the encoder's features and head."""
+    import torch
+
+    s, k = plan.stride_px, plan.window_px
+    out = []
+    for start in range(0, len(rows), batch_size):
+        r, c = rows[start:start + batch_size], cols[start:start + batch_size]
+        wins = np.stack([pixels[:, i * s:i * s + k, j * s:j * s + k] for i, j in zip(r, c)])
+        x = preprocess_windows(wins, plan.band_mean, plan.band_std, input_px=plan.input_px)
+        if device is not None:
+            x = x.to(device, non_blocking=True)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            feats = encoder.features(x)
+        out.append(np.asarray(encoder.head(feats.float().cpu().numpy()), dtype=np.float32))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def predict_features(model, task: str, X) -> np.ndarray:
+    """(n, targets): presence probability for presence tasks, the predicted value for abundance."""
+    if task == "abundance":
+        return np.asarray(model.predict(X), dtype=np.float64).reshape(len(X), -1)
+    return np.asarray(model.predict_proba(X), dtype=np.float64)
+
+
+def predict_block(plan: MapPlan, data: BlockInput, *, encoder=None, model=None, batch_size: int = 32,
+                  device=None, autocast: bool = False) -> np.ndarray:
+    """(targets, h, w) float32 of one block from its input; nodata for invalid windows or env-raster gaps."""
+    import geopandas as gpd
+    import pandas as pd
+
+    from ecoalign.sdm.sites import sample_rasters
+
+    block = data.block
+    out = np.full((len(plan.targets), block.height, block.width), plan.nodata, dtype=np.float32)
+    rows, cols = np.nonzero(data.valid_windows)
+    if len(rows) == 0:
+        return out
+    model = model if model is not None else model_from_plan(plan)
+    parts = []
+    if plan.extra.get("uses_embeddings", True):
+        encoder = encoder if encoder is not None else encoder_from_plan(plan)
+        emb = embed_windows(plan, data.pixels, rows, cols, encoder, batch_size, device, autocast)
+        parts.append(pd.DataFrame(emb, columns=[f"{EMBED_PREFIX}{j:03d}" for j in range(emb.shape[1])]))
+    keep = np.ones(len(rows), dtype=bool)
+    if plan.env_rasters:
+        xy = window_centres(plan, rows + block.row_off, cols + block.col_off)
+        pts = gpd.GeoDataFrame(geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]), crs=plan.crs)
+        env, keep = sample_rasters(pts, plan.env_rasters)
+        parts.append(env.reset_index(drop=True))
+    X = pd.concat(parts, axis=1)[plan.features]
+    if keep.any():
+        pred = predict_features(model, plan.task, X[keep])
+        out[:, rows[keep], cols[keep]] = pred.T.astype(np.float32)
+    return out
+
+
+def compute_block(plan: MapPlan, block: Block, *, encoder=None, model=None, batch_size: int = 32) -> np.ndarray:
+    """(targets, h, w) float32 for one block; loads encoder/model from the plan (cached per process) when not given."""
+    return predict_block(plan, read_block(plan, block), encoder=encoder, model=model, batch_size=batch_size)
