@@ -18,11 +18,11 @@ import torch
 
 
 def bench_embedding(size: str, n: int, batch: int) -> dict:
-    from ecoalign.data.patches import PatchReader, band_stats, open_rasters
-    from ecoalign.encoders.dofa import DOFAFeatures, build_dofa
-
     import rasterio
     from rasterio.transform import from_origin
+
+    from ecoalign.data.patches import PatchReader, band_stats, open_rasters
+    from ecoalign.encoders.dofa import DOFAFeatures, build_dofa
 
     wl = [0.49, 0.56, 0.665, 0.842]
     with tempfile.TemporaryDirectory() as tmp:

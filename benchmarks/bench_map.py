@@ -100,6 +100,7 @@ def run_ecoalign(encoder, bundle, raster, out, batch_size) -> tuple[float, np.nd
 
 def run_naive(encoder, bundle, raster, out, batch_size, num_workers) -> tuple[float, np.ndarray]:
     """The torchgeo way: a grid sampler over a RasterDataset, batches from a DataLoader, predictions in memory."""
+    import pandas as pd
     import rasterio
     import torch
     import torch.nn.functional as F
@@ -107,11 +108,9 @@ def run_naive(encoder, bundle, raster, out, batch_size, num_workers) -> tuple[fl
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler
 
+    from ecoalign.aerial.embed import EMBED_PREFIX
     from ecoalign.data.patches import band_stats, open_rasters
     from ecoalign.sdm.fitting import load_bundle
-    from ecoalign.aerial.embed import EMBED_PREFIX
-
-    import pandas as pd
 
     t0 = time.perf_counter()
 

@@ -64,7 +64,7 @@ def tasks(data: Path, regions: list[str]):
 def run(method: str, region, group, po, bg, test, folder: Path) -> pd.DataFrame:
     from ecoalign.cli import main
     from ecoalign.sdm.fitting import load_bundle
-    from ecoalign.sdm.metrics import max_tss_threshold, confusion_metrics
+    from ecoalign.sdm.metrics import confusion_metrics, max_tss_threshold
 
     tag = f"{region}_{group}_{method}"
     (folder / f"{tag}_po.csv").write_text(po.to_csv(index=False))

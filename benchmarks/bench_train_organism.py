@@ -29,8 +29,8 @@ def make_curated(root: Path, n: int, px: int = 64, seed: int = 0) -> Path:
     """n procedural photos of 16 species in curate's layout (written with the project's shard writer)."""
     from PIL import Image
 
-    from ecoalign.organism.shards import sample_record, write_shards
     from ecoalign.data.taxonomy import TEXT_TYPES, Taxon, text
+    from ecoalign.organism.shards import sample_record, write_shards
 
     rng = np.random.default_rng(seed)
     taxa = [Taxon.from_ranks({"kingdom": "Animalia", "phylum": "Chordata", "class": "Aves", "order": "Passeriformes",
@@ -57,8 +57,13 @@ def run_open_clip(curated: Path, a) -> tuple[float, float]:
     from open_clip_train.train import train_one_epoch
 
     from ecoalign.encoders.organism import load_organism_encoder
-    from ecoalign.organism.train import (CaptionedImages, SpeciesCaption, _param_groups, epoch_batches,
-                                         load_species_samples)
+    from ecoalign.organism.train import (
+        CaptionedImages,
+        SpeciesCaption,
+        _param_groups,
+        epoch_batches,
+        load_species_samples,
+    )
 
     torch.manual_seed(0)
     enc = load_organism_encoder(f"open_clip:{a.arch}")

@@ -123,9 +123,9 @@ class EcoalignDataArray:
         ``scheduler``/``workers`` compute the blocks with Dask (``tmp_dir`` must then be visible to the workers)."""
         from rasterio.transform import Affine
 
-        from ecoalign.sdm.fitting import load_bundle
         from ecoalign.mapping.blocks import compute_block
         from ecoalign.mapping.plan import plan_map
+        from ecoalign.sdm.fitting import load_bundle
 
         enc = self._resolve(encoder, wavelengths_um)
         da = self._checked(enc)

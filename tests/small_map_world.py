@@ -17,8 +17,8 @@ def build(folder: Path) -> dict:
     from rasterio.windows import Window
 
     import ecoalign
-    from ecoalign.demo.aerial_world import generate_demo_world
     from ecoalign.data.patches import band_stats, open_rasters
+    from ecoalign.demo.aerial_world import generate_demo_world
     from ecoalign.sdm.fitting import fit_bundle
     from ecoalign.sdm.sites import build_sites
     from ecoalign.sdm.spec import spec_from_dict

@@ -9,10 +9,9 @@ import json
 
 import pytest
 import yaml
+from conftest import generated_world_manifest
 
 import ecoalign
-
-from conftest import generated_world_manifest
 
 
 @pytest.fixture(scope="module")

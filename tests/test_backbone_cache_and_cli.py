@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from ecoalign.aerial.backbone_cache import build_backbone_cache
 from ecoalign.cli import main
 from ecoalign.core.config import compose
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.aerial.backbone_cache import build_backbone_cache
 
 
 class WindowReader:

@@ -8,8 +8,12 @@ import pandas as pd
 import pytest
 import shapely
 
-from ecoalign.sdm.background import presence_background_table, sample_background, sample_pseudo_absences
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.sdm.background import (
+    presence_background_table,
+    sample_background,
+    sample_pseudo_absences,
+)
 
 BRYCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "releves" / "bryce"
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import BRYCE, bryce_raster, need_shared, write_manifest, write_raster
 
 import ecoalign
-from conftest import BRYCE, bryce_raster, need_shared, write_manifest, write_raster
+from ecoalign.core.errors import EcoalignInputError
+from ecoalign.core.io import sha256_file
 from ecoalign.data.manifest import load_manifest
 from ecoalign.data.patches import open_rasters
 from ecoalign.data.plots import read_plots
 from ecoalign.data.releves import read_releves
-from ecoalign.core.errors import EcoalignInputError
-from ecoalign.core.io import sha256_file
 
 RGB = [0.665, 0.56, 0.49]
 FAST = ["backbone.size=small", "trainer=quick", "data.augmentations=1", "data.block_size_m=3000",

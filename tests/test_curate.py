@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import SHARED, need_shared
+
 from ecoalign.cli import main
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.data.taxonomy import TEXT_TYPES, text
 from ecoalign.organism.curate import curate, semi_global_shuffle
 from ecoalign.organism.shards import iter_samples, shard_paths
-from ecoalign.data.taxonomy import TEXT_TYPES, text
 
 LINEAGE = {"kingdom": "Animalia", "phylum": "Chordata", "class": "Aves", "order": "Passeriformes"}
 SPECIES = [("Corvidae", "Corvus", "corax"), ("Corvidae", "Corvus", "corone"), ("Corvidae", "Pica", "pica"),

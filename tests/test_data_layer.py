@@ -10,14 +10,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import BRYCE, SHARED, need_shared, write_manifest, write_raster
+
+from ecoalign.core.errors import EcoalignInputError
 from ecoalign.data.manifest import load_manifest
-from ecoalign.data.patches import SKIP_NODATA, SKIP_OUTSIDE, PatchReader, band_stats, open_rasters
+from ecoalign.data.patches import (
+    SKIP_NODATA,
+    SKIP_OUTSIDE,
+    PatchReader,
+    band_stats,
+    open_rasters,
+)
 from ecoalign.data.plots import plot_centres, read_plots
 from ecoalign.data.releves import read_releves
 from ecoalign.data.splits import block_ids, spatial_block_split
-from ecoalign.core.errors import EcoalignInputError
 
 GREECE = SHARED / "releves" / "splotopen_greece" / "greece_DT.csv"
 

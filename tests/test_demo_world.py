@@ -14,7 +14,13 @@ from rasterio.transform import from_origin
 from rasterio.windows import from_bounds
 
 from ecoalign.demo import aerial_world as demo_world
-from ecoalign.demo.aerial_world import DEMO_BANDS, DEMO_FILES, LANDCOVERS, generate_demo_world, plant_niches
+from ecoalign.demo.aerial_world import (
+    DEMO_BANDS,
+    DEMO_FILES,
+    LANDCOVERS,
+    generate_demo_world,
+    plant_niches,
+)
 
 SMALL = dict(n_plots=60, size_m=1500.0, resolution_m=2.0, seed=0)
 TINY = dict(n_plots=5, size_m=600.0, resolution_m=4.0, seed=1)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecoalign.encoders.dofa import DOFAFeatures, build_dofa
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.encoders.dofa import DOFAFeatures, build_dofa
 
 WL = [0.49, 0.56, 0.665, 0.842]
 

@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 
-from ecoalign.sdm.estimators import MultiSpeciesModel, make_estimator
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.sdm.estimators import MultiSpeciesModel, make_estimator
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BRYCE = SHARED / "releves" / "bryce"

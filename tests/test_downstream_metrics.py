@@ -7,10 +7,19 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from ecoalign.sdm.bootstrap import bootstrap_ci
-from ecoalign.sdm.metrics import (auc, boyce_index, confusion_metrics, evaluate_abundance,
-                                         evaluate_presence, mae, max_tss_threshold, rmse, spearman)
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.sdm.bootstrap import bootstrap_ci
+from ecoalign.sdm.metrics import (
+    auc,
+    boyce_index,
+    confusion_metrics,
+    evaluate_abundance,
+    evaluate_presence,
+    mae,
+    max_tss_threshold,
+    rmse,
+    spearman,
+)
 
 
 def _value(table: pd.DataFrame, species: str, metric: str, column: str = "value") -> float:

@@ -4,14 +4,18 @@ from __future__ import annotations
 import geopandas as gpd
 import numpy as np
 import pytest
+from conftest import write_raster
 from shapely.geometry import Point
 
 import ecoalign
+from ecoalign.aerial.embed import (
+    embed,
+    embed_points,
+    embedding_columns,
+    read_embeddings,
+)
 from ecoalign.cli import main
-from ecoalign.aerial.embed import embed, embed_points, embedding_columns, read_embeddings
 from ecoalign.core.errors import EcoalignInputError
-
-from conftest import write_raster
 
 WL = [0.665, 0.56, 0.49]
 

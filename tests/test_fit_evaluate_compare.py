@@ -4,20 +4,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 import ecoalign
+from ecoalign.aerial.embed import write_embeddings
 from ecoalign.cli import main
+from ecoalign.core.errors import EcoalignInputError
 from ecoalign.sdm.fitting import cross_validate, fit_bundle, load_bundle
 from ecoalign.sdm.sites import build_sites
 from ecoalign.sdm.spec import load_spec
-from ecoalign.aerial.embed import write_embeddings
-from ecoalign.core.errors import EcoalignInputError
-
-import conftest
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,16 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pandas as pd
 import pytest
 
 import ecoalign
-from ecoalign.mapping import blocks, plan as planning, run
 from ecoalign.cli import main
 from ecoalign.core.errors import EcoalignInputError
-
-import conftest
+from ecoalign.mapping import blocks, run
+from ecoalign.mapping import plan as planning
 
 WAVES = [0.49, 0.56, 0.665, 0.842]
 S2 = conftest.SHARED / "imagery" / "sentinel2_montpellier" / "torchgeo_sentinel2_test_sample.tif"

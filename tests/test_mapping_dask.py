@@ -5,8 +5,8 @@ import dataclasses
 from contextlib import contextmanager
 
 import pytest
-
 import small_map_world
+
 from ecoalign.core.errors import EcoalignInputError
 
 
@@ -75,8 +75,8 @@ def test_local_workers_write_the_single_process_map(world, single_map, tmp_path)
 def test_scheduler_address_and_bounded_submission(world, single_map, tmp_path):
     from dask.distributed import LocalCluster
 
-    from ecoalign.mapping.plan import plan_map
     from ecoalign.mapping.distributed import compute_blocks
+    from ecoalign.mapping.plan import plan_map
 
     plan = plan_map(world["encoder"], world["bundle"], world["raster"], block_px=1)  # 9 one-window blocks
     pulled = []
@@ -104,8 +104,8 @@ def test_scheduler_address_and_bounded_submission(world, single_map, tmp_path):
 def test_unreachable_scheduler_and_conflicting_options(world):
     from dask.distributed import LocalCluster
 
-    from ecoalign.mapping.plan import plan_map
     from ecoalign.mapping.distributed import compute_blocks
+    from ecoalign.mapping.plan import plan_map
 
     plan = plan_map(world["encoder"], world["bundle"], world["raster"])
     with pytest.raises(EcoalignInputError, match="cannot reach the Dask scheduler within 1 s"):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import small_map_world
 
 import ecoalign
 import ecoalign.accessor  # noqa: F401  (registers the accessors)
-import small_map_world
 from ecoalign.core.errors import EcoalignInputError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

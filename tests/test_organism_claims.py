@@ -81,11 +81,11 @@ def _unseen_genus_top1(encoder, unseen, all_species, text_type) -> ev.Accuracy:
 def results(tmp_path_factory):
     import pandas as pd
 
+    from ecoalign.data.taxonomy import Taxon
+    from ecoalign.demo.organism_world import generate_organism_world
     from ecoalign.encoders.organism import load_organism_encoder
     from ecoalign.organism.curate import curate
-    from ecoalign.demo.organism_world import generate_organism_world
     from ecoalign.organism.shards import iter_samples, shard_paths
-    from ecoalign.data.taxonomy import Taxon
     from ecoalign.organism.train import train_organism
 
     root = tmp_path_factory.mktemp("organism_claims")

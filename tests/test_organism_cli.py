@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SHARED
 
 from ecoalign.cli import main
-
-from conftest import SHARED
 
 PHOTOS = SHARED / "organisms"
 RANKS = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]

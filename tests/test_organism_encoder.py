@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ecoalign.encoders.organism import OrganismEncoder, load_organism_encoder
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.encoders.organism import OrganismEncoder, load_organism_encoder
 
 TINY = "open_clip:ecoalign-tiny-vit"
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.data.taxonomy import Taxon
 from ecoalign.organism import evaluate as ev
 from ecoalign.organism import intrinsic as intr
 from ecoalign.organism.labelled import read_labelled_table
 from ecoalign.organism.photos import embed_folder, list_images
 from ecoalign.organism.predict import predict_folder
-from ecoalign.data.taxonomy import Taxon
 
 
 def _unit(*v):

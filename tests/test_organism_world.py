@@ -6,9 +6,9 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from ecoalign.data.taxonomy import RANKS, Taxon
 from ecoalign.demo.organism_world import generate_organism_world
 from ecoalign.organism.shards import read_general_pairs
-from ecoalign.data.taxonomy import RANKS, Taxon
 
 SMALL = dict(phyla_per_kingdom=1, classes_per_phylum=2, orders_per_class=1, families_per_order=1,
              genera_per_family=3, species_per_genus=3, images_per_species=4, n_general_pairs=20)

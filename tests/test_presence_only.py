@@ -13,20 +13,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import SHARED
 from sklearn.metrics import roc_auc_score
 
-from conftest import SHARED
 from ecoalign.cli import main
+from ecoalign.core.errors import EcoalignInputError
 from ecoalign.sdm.deep_maxent import DeepMaxent
 from ecoalign.sdm.downsampled import DownsampledBagging
 from ecoalign.sdm.ensemble import SpatialEnsemble
 from ecoalign.sdm.estimators import MultiSpeciesModel, balanced_weights, make_estimator
 from ecoalign.sdm.fitting import cross_validate, load_bundle
-from ecoalign.sdm.metrics import boyce_index, evaluate_presence, max_tss_threshold, threshold_rules
+from ecoalign.sdm.metrics import (
+    boyce_index,
+    evaluate_presence,
+    max_tss_threshold,
+    threshold_rules,
+)
 from ecoalign.sdm.sites import build_sites
 from ecoalign.sdm.spec import spec_from_dict
 from ecoalign.sdm.species_model import available_cores, resolve_n_jobs
-from ecoalign.core.errors import EcoalignInputError
 
 DISDAT = SHARED / "occurrences" / "disdat_dev"
 FAST_ENSEMBLE = {"member_params": {"rf_down": {"n_estimators": 30}, "deep_maxent": {"epochs": 60}}}

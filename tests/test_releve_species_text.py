@@ -4,17 +4,17 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import conftest
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
-import conftest
+from ecoalign.core.errors import EcoalignInputError
 from ecoalign.encoders.organism import load_organism_encoder
 from ecoalign.encoders.releve import SetReleveEncoder
 from ecoalign.encoders.species_text import manifest_taxa, species_text_embeddings
-from ecoalign.core.errors import EcoalignInputError
 
 TABLE = pd.DataFrame([
     {"species": "Quercus robur", "kingdom": "Plantae", "phylum": "Tracheophyta", "class": "Magnoliopsida",

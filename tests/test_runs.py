@@ -12,7 +12,12 @@ from omegaconf import OmegaConf
 from ecoalign.aerial.adapt import RESUMABLE_KEYS
 from ecoalign.cli import build_parser
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.core.runs import apply_resume_overrides, resolve_run, split_resume_argument, started_run
+from ecoalign.core.runs import (
+    apply_resume_overrides,
+    resolve_run,
+    split_resume_argument,
+    started_run,
+)
 
 
 def _run(folder, age_s=0.0):

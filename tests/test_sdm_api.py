@@ -20,8 +20,12 @@ from ecoalign.sdm.compare import compare
 from ecoalign.sdm.evaluate import evaluate
 from ecoalign.sdm.fit import Bundle, fit
 from ecoalign.sdm.sites import read_sites
-from ecoalign.sdm.species_model import (CONSTANT_COLUMNS_NOTE, SKIPPED_SPECIES_NOTE, TrainingRowsNote,
-                                        notes_silenced)
+from ecoalign.sdm.species_model import (
+    CONSTANT_COLUMNS_NOTE,
+    SKIPPED_SPECIES_NOTE,
+    TrainingRowsNote,
+    notes_silenced,
+)
 
 CRS = "EPSG:32631"
 LGB = {"name": "lightgbm", "params": {"n_estimators": 25, "num_leaves": 5, "min_child_samples": 5}}

@@ -9,16 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SHARED
 from scipy.spatial.distance import cdist
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, RepeatedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from conftest import SHARED
+from ecoalign.core.errors import EcoalignInputError
 from ecoalign.data.splits import block_ids
 from ecoalign.sdm.spatial_cv import SpatialBlockKFold, make_cv
-from ecoalign.core.errors import EcoalignInputError
 
 MITE_XY = SHARED / "soil_fauna" / "oribatid_mites" / "vegan_mite.xy.csv"
 

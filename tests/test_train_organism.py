@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from ecoalign.cli import main
-from ecoalign.encoders.organism import load_organism_encoder
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.encoders.organism import load_organism_encoder
 from ecoalign.organism.train import train_organism
 from ecoalign.organism.train_data import SpeciesCaption
 
@@ -33,8 +33,8 @@ def _png(arr) -> bytes:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A tiny curated set in `ecoalign curate`'s layout (written with its shard writer) and general pairs."""
-    from ecoalign.organism.shards import sample_record, write_shards
     from ecoalign.data.taxonomy import TEXT_TYPES, Taxon, text
+    from ecoalign.organism.shards import sample_record, write_shards
 
     root = tmp_path_factory.mktemp("organisms")
     rng = np.random.default_rng(0)

@@ -42,7 +42,12 @@ def adapt(overrides: Sequence[str] = (), *, backbone: str | None = None, releve_
     from omegaconf import OmegaConf
 
     from ecoalign.core.config import compose
-    from ecoalign.core.runs import apply_resume_overrides, resolve_run, split_resume_argument, started_run
+    from ecoalign.core.runs import (
+        apply_resume_overrides,
+        resolve_run,
+        split_resume_argument,
+        started_run,
+    )
 
     resume, overrides = split_resume_argument(resume, overrides)
     bad = [o for o in overrides if "=" not in o]
@@ -100,7 +105,12 @@ def _paired_data(c: dict, report: dict) -> PairedData:
     from ecoalign.aerial.backbone_cache import build_backbone_cache
     from ecoalign.core.paths import cache_dir
     from ecoalign.data.manifest import load_manifest
-    from ecoalign.data.patches import AUGMENTATIONS, PatchReader, band_stats, open_rasters
+    from ecoalign.data.patches import (
+        AUGMENTATIONS,
+        PatchReader,
+        band_stats,
+        open_rasters,
+    )
     from ecoalign.data.plots import plot_centres, read_manifest_plots
     from ecoalign.data.releves import read_manifest_releves
     from ecoalign.encoders.dofa import DOFAFeatures, build_dofa

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecoalign.encoders.adapter import ImageAdapter
-from ecoalign.encoders.releve import build_releve_encoder
+from ecoalign.aerial.losses import anchor_loss, build_contrastive_loss
 from ecoalign.aerial.retrieval import anchor_fidelity, retrieval_recall
 from ecoalign.core.io import atomic_path, save_torch
-from ecoalign.aerial.losses import anchor_loss, build_contrastive_loss
+from ecoalign.encoders.adapter import ImageAdapter
+from ecoalign.encoders.releve import build_releve_encoder
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,7 +86,7 @@ def evaluate(model: AlignmentModel, data: AlignmentData, rows: torch.Tensor, anc
 
 def train_alignment(name: str, data: AlignmentData, *, folder: Path, model_kwargs: dict, anchor_weight: float,
                     train_adapter: bool, epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,
-                    seed: int, progress: bool = True, log=print, on_epoch_end=None,
+                    seed: int, progress: bool = True, log=None, on_epoch_end=None,
                     objective: str = "contrastive") -> dict:
     """Train (or resume) one variant; keep the best epoch by validation loss; return its test metrics."""
     from tqdm import tqdm
@@ -103,7 +106,7 @@ def train_alignment(name: str, data: AlignmentData, *, folder: Path, model_kwarg
         state = ckpt["state"]
         torch.set_rng_state(ckpt["torch_rng"])
         if not state["done"]:
-            log(f"[{name}] resuming after epoch {state['epoch']}")
+            (log or _log.info)(f"[{name}] resuming after epoch {state['epoch']}")
     best_path = folder / "best.pt"
     train_rows, val_rows = data.rows("train"), data.rows("val")
     n_views = data.frozen.shape[1]

@@ -91,10 +91,10 @@ def _file_fingerprint(path: Path) -> dict:
 
 def _prepare(points, rasters: Sequence[str | Path], encoder, *, patch_size_m: float | None,
              max_nodata_fraction: float, batch_size: int, id_column: str, progress: bool):
+    from ecoalign.aerial.backbone_cache import build_backbone_cache
+    from ecoalign.core.paths import cache_dir
     from ecoalign.data.patches import PatchReader, band_stats, open_rasters
     from ecoalign.data.plots import plot_centres, read_plots
-    from ecoalign.core.paths import cache_dir
-    from ecoalign.aerial.backbone_cache import build_backbone_cache
 
     if isinstance(points, (str, Path)):
         points = read_plots(points, id_column=id_column)

@@ -1,7 +1,7 @@
 """``ecoalign embed``: the image window around each point -> one embedding row per point (GeoParquet)."""
 from __future__ import annotations
 
-from ecoalign.core.errors import EcoalignInputError
+from ecoalign.cli.arg_types import wavelengths
 
 
 def register(sub) -> dict:
@@ -12,7 +12,8 @@ def register(sub) -> dict:
     p.add_argument("--manifest", help="take points (plots) and rasters (imagery) from a data-set manifest")
     p.add_argument("--points", help="points/plots file: GeoPackage, GeoParquet, or CSV (with --crs)")
     p.add_argument("--raster", action="append", default=[], help="GeoTIFF (repeat for several)")
-    p.add_argument("--wavelengths", help="band wavelengths in µm, comma-separated (frozen DOFA without --manifest)")
+    p.add_argument("--wavelengths", type=wavelengths,
+                   help="band wavelengths in µm, comma-separated (frozen DOFA without --manifest)")
     p.add_argument("--id-column", default="plot_id")
     p.add_argument("--crs", help="CRS of a CSV points file, e.g. EPSG:32631")
     p.add_argument("--patch-size-m", type=float, help="window ground size (default: the encoder's, else 100 m)")
@@ -25,17 +26,10 @@ def register(sub) -> dict:
 def run(args) -> int:
     from ecoalign.aerial.embed import embed_inputs, write_embeddings
 
-    wavelengths = None
-    if args.wavelengths:
-        try:
-            wavelengths = [float(w) for w in args.wavelengths.split(",")]
-        except ValueError:
-            raise EcoalignInputError(f"bad --wavelengths {args.wavelengths!r}",
-                                     expected="numbers in µm, e.g. 0.49,0.56,0.665") from None
     # ecoalign.aerial.embed.embed(..., out=) in two steps, without reading the written table back into memory
     points, rasters, encoder, id_column = embed_inputs(
         args.points, args.raster, manifest=args.manifest, encoder=args.encoder, weights=args.weights,
-        size=args.size, wavelengths_um=wavelengths, id_column=args.id_column, crs=args.crs)
+        size=args.size, wavelengths_um=args.wavelengths, id_column=args.id_column, crs=args.crs)
     write_embeddings(points, rasters, encoder, args.out, overwrite=args.overwrite, id_column=id_column,
                      patch_size_m=args.patch_size_m, batch_size=args.batch_size)
     return 0

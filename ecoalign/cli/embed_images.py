@@ -1,7 +1,12 @@
 """``ecoalign embed-images``: one embedding row per organism photo (``ecoalign.organism.photos.embed_images``)."""
 from __future__ import annotations
 
-from ecoalign.cli.organism_args import add_encoder_args, add_out_args, skipped_note, verb_kwargs
+from ecoalign.cli.organism_args import (
+    add_encoder_args,
+    add_out_args,
+    skipped_note,
+    verb_kwargs,
+)
 
 
 def register(sub) -> dict:

@@ -2,7 +2,13 @@
 (``ecoalign.organism.intrinsic.intrinsic``)."""
 from __future__ import annotations
 
-from ecoalign.cli.organism_args import add_data_args, add_encoder_args, add_out_args, skipped_note, verb_kwargs
+from ecoalign.cli.organism_args import (
+    add_data_args,
+    add_encoder_args,
+    add_out_args,
+    skipped_note,
+    verb_kwargs,
+)
 
 
 def register(sub) -> dict:

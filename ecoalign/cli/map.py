@@ -1,6 +1,7 @@
 """``ecoalign map``: a fitted species model over a raster of any size -> multi-band Cloud-Optimized GeoTIFF."""
 from __future__ import annotations
 
+from ecoalign.cli.arg_types import wavelengths
 from ecoalign.core.errors import EcoalignInputError
 
 
@@ -21,7 +22,7 @@ def register(sub) -> dict:
     p.add_argument("--stride-m", type=float, default=None,
                    help="distance between window centres = output pixel size, metres (default: the window size)")
     p.add_argument("--batch-size", type=int, default=32, help="windows per encoder batch (default 32)")
-    p.add_argument("--wavelengths", default=None,
+    p.add_argument("--wavelengths", type=wavelengths, default=None,
                    help="band wavelengths in µm, comma separated, for frozen DOFA (default: from the bundle)")
     p.add_argument("--weights", default=None,
                    help="frozen DOFA weights: torchgeo enum name, checkpoint path, or none (default: from the bundle)")
@@ -39,18 +40,11 @@ def register(sub) -> dict:
 def map_verb(args) -> int:
     from ecoalign.mapping import map_raster
 
-    wavelengths = None
-    if args.wavelengths:
-        try:
-            wavelengths = [float(w) for w in args.wavelengths.split(",")]
-        except ValueError:
-            raise EcoalignInputError(f"bad --wavelengths {args.wavelengths!r}",
-                                     expected="numbers in µm, e.g. 0.49,0.56,0.665") from None
     if args.batch_size < 1:
         raise EcoalignInputError(f"--batch-size {args.batch_size}", expected="a positive number of windows")
     map_raster(args.encoder, args.model, args.raster, args.out, env_rasters=args.env_rasters, stride_m=args.stride_m,
                batch_size=args.batch_size, overwrite=args.overwrite, scheduler=args.scheduler, workers=args.workers,
                quicklook=not args.no_quicklook, progress=not args.no_progress,
-               max_nodata_fraction=args.max_nodata_fraction, wavelengths_um=wavelengths,
+               max_nodata_fraction=args.max_nodata_fraction, wavelengths_um=args.wavelengths,
                weights=args.weights)
     return 0

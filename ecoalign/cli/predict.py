@@ -1,7 +1,12 @@
 """``ecoalign predict``: top-k zero-shot predictions for a folder of photos (``ecoalign.organism.predict``)."""
 from __future__ import annotations
 
-from ecoalign.cli.organism_args import add_encoder_args, add_out_args, skipped_note, verb_kwargs
+from ecoalign.cli.organism_args import (
+    add_encoder_args,
+    add_out_args,
+    skipped_note,
+    verb_kwargs,
+)
 
 
 def register(sub) -> dict:

@@ -36,9 +36,9 @@ def register(sub) -> dict:
 
 
 def run(args) -> int:
-    from ecoalign.organism.train import train_organism
-
     import os
+
+    from ecoalign.organism.train import train_organism
 
     run_dir = train_organism(**{k: v for k, v in verb_kwargs(args).items() if v is not None})
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 speaks for the run

@@ -1,7 +1,13 @@
 """``ecoalign zero-shot``: zero-shot accuracy of an organism encoder at any rank (``ecoalign.organism.zero_shot``)."""
 from __future__ import annotations
 
-from ecoalign.cli.organism_args import add_data_args, add_encoder_args, add_out_args, skipped_note, verb_kwargs
+from ecoalign.cli.organism_args import (
+    add_data_args,
+    add_encoder_args,
+    add_out_args,
+    skipped_note,
+    verb_kwargs,
+)
 
 
 def register(sub) -> dict:

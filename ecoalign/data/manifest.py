@@ -7,7 +7,6 @@ either inline (``sha256:``) or through a ``checksums:`` file in ``sha256sum`` fo
 from __future__ import annotations
 
 import logging
-
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

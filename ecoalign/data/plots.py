@@ -9,7 +9,6 @@ import pandas as pd
 
 from ecoalign.core.errors import EcoalignInputError
 
-
 X_NAMES = ("x", "easting", "east", "lon", "longitude")
 Y_NAMES = ("y", "northing", "north", "lat", "latitude")
 IN_MEMORY = "<points table in memory>"  # what messages name for a (Geo)DataFrame given instead of a file

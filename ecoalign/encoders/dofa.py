@@ -148,7 +148,6 @@ class DOFAFeatures:
 
     def _patch_kernel(self, device):
         import torch
-
         from torchgeo.models.dofa import position_embedding
 
         if self._kernel is None or self._kernel[0].device != device:

@@ -12,9 +12,12 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import atomic_path, sha256_file, write_json

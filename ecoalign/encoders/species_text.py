@@ -14,7 +14,6 @@ from ecoalign.core.errors import EcoalignInputError
 from ecoalign.data.taxonomy import RANKS
 
 
-
 def manifest_taxa(manifest, species: Sequence[str]) -> tuple[list, list[str]]:
     """Taxon per species name from the manifest's species table (None where the table lacks it), and notes."""
     import pandas as pd

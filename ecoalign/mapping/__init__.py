@@ -7,7 +7,12 @@
 ``distributed`` blocks computed by Dask workers
 ``run``         ``map_raster``: the whole map
 """
-from ecoalign.mapping.blocks import compute_block, embed_windows, predict_block, read_block
+from ecoalign.mapping.blocks import (
+           compute_block,
+           embed_windows,
+           predict_block,
+           read_block,
+)
 from ecoalign.mapping.loading import resolve_encoder
 from ecoalign.mapping.plan import Block, MapPlan, plan_map, plan_windows, window_centres
 from ecoalign.mapping.run import map_raster

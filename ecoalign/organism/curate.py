@@ -25,7 +25,14 @@ import numpy as np
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import atomic_dir, write_json
 from ecoalign.data.taxonomy import RANKS, TEXT_TYPES, Taxon, text
-from ecoalign.organism.tables import Table, is_url, fetch_bytes, read_table, resolve_source, table_taxa
+from ecoalign.organism.tables import (
+    Table,
+    fetch_bytes,
+    is_url,
+    read_table,
+    resolve_source,
+    table_taxa,
+)
 
 log = logging.getLogger(__name__)
 SPLIT_PRIORITY = {"test_unseen": 0, "test": 1, "val": 2, "train": 3}  # which copy of a duplicate survives

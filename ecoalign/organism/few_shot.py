@@ -27,9 +27,14 @@ def few_shot(encoder, *, curated: str | Path | None = None, table: str | Path | 
     import pandas as pd
 
     from ecoalign.encoders.organism import as_organism_encoder
-    from ecoalign.organism.evaluate import rank_index, few_shot_accuracy
+    from ecoalign.organism.evaluate import few_shot_accuracy, rank_index
     from ecoalign.organism.labelled import embed_labelled
-    from ecoalign.organism.outputs import REPORT_SUFFIXES, check_out, report_skipped, write_report
+    from ecoalign.organism.outputs import (
+        REPORT_SUFFIXES,
+        check_out,
+        report_skipped,
+        write_report,
+    )
 
     ks = [int(k)] if np.ndim(k) == 0 else [int(x) for x in k]
     rank_index(rank)

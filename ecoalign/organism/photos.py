@@ -150,7 +150,12 @@ def embed_images(images: str | Path, encoder, *, weights: str | None = "none", d
     With ``out`` (.csv or .parquet) the table is written too, the skipped images beside it (``<out>.skipped.csv``).
     """
     from ecoalign.encoders.organism import as_organism_encoder
-    from ecoalign.organism.outputs import TABLE_SUFFIXES, check_out, report_skipped, write_table
+    from ecoalign.organism.outputs import (
+        TABLE_SUFFIXES,
+        check_out,
+        report_skipped,
+        write_table,
+    )
 
     out = check_out(out, overwrite, TABLE_SUFFIXES)
     enc = as_organism_encoder(encoder, weights=weights, device=device)

@@ -82,7 +82,12 @@ def predict(images: str | Path, encoder, *, labels: str | Path | None = None,
     from ecoalign.encoders.organism import as_organism_encoder
     from ecoalign.organism.evaluate import build_classes, custom_classes
     from ecoalign.organism.labelled import candidate_taxa
-    from ecoalign.organism.outputs import TABLE_SUFFIXES, check_out, report_skipped, write_table
+    from ecoalign.organism.outputs import (
+        TABLE_SUFFIXES,
+        check_out,
+        report_skipped,
+        write_table,
+    )
 
     out = check_out(out, overwrite, TABLE_SUFFIXES)
     if (labels is None) == (classes is None):

@@ -24,8 +24,14 @@ import numpy as np
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import save_torch, write_json, write_text
 from ecoalign.organism.train_data import (
-    CaptionedImages, PairCaption, ReplayBatches, SpeciesCaption, epoch_batches, load_general_pairs,
-    load_species_samples)
+    CaptionedImages,
+    PairCaption,
+    ReplayBatches,
+    SpeciesCaption,
+    epoch_batches,
+    load_general_pairs,
+    load_species_samples,
+)
 
 log = logging.getLogger(__name__)
 

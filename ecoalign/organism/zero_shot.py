@@ -29,7 +29,12 @@ def zero_shot(encoder, *, curated: str | Path | None = None, table: str | Path |
     from ecoalign.encoders.organism import as_organism_encoder
     from ecoalign.organism.evaluate import build_classes, zero_shot_accuracy
     from ecoalign.organism.labelled import candidate_taxa, embed_labelled
-    from ecoalign.organism.outputs import REPORT_SUFFIXES, check_out, report_skipped, write_report
+    from ecoalign.organism.outputs import (
+        REPORT_SUFFIXES,
+        check_out,
+        report_skipped,
+        write_report,
+    )
 
     ranks = [rank] if isinstance(rank, str) else list(rank)
     out = check_out(out, overwrite, REPORT_SUFFIXES)

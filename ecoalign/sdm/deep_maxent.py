@@ -22,7 +22,12 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from ecoalign.sdm.species_model import SpeciesModelMixin, as_features, as_targets, resolve_n_jobs
+from ecoalign.sdm.species_model import (
+    SpeciesModelMixin,
+    as_features,
+    as_targets,
+    resolve_n_jobs,
+)
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,15 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.sdm.species_model import (CONSTANT_COLUMNS_NOTE, SKIPPED_SPECIES_NOTE, SpeciesModelMixin, as_features,
-                                        as_targets, notes_silenced, resolve_n_jobs)
+from ecoalign.sdm.species_model import (
+    CONSTANT_COLUMNS_NOTE,
+    SKIPPED_SPECIES_NOTE,
+    SpeciesModelMixin,
+    as_features,
+    as_targets,
+    notes_silenced,
+    resolve_n_jobs,
+)
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,13 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.metaestimators import available_if
 
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.sdm.species_model import (SpeciesModelMixin, TrainingRowsNote, as_features, as_targets,
-                                        resolve_n_jobs)
+from ecoalign.sdm.species_model import (
+    SpeciesModelMixin,
+    TrainingRowsNote,
+    as_features,
+    as_targets,
+    resolve_n_jobs,
+)
 
 ESTIMATORS = ("lightgbm", "random_forest", "logistic", "ridge", "rf_down", "lightgbm_down", "maxent")
 PRESENCE_ONLY_ESTIMATORS = ("rf_down", "lightgbm_down", "maxent")  # need presences vs background/absences

@@ -21,10 +21,19 @@ import pandas as pd
 
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import atomic_path, write_json
-from ecoalign.sdm.metrics import THRESHOLD_RULES, evaluate_abundance, evaluate_presence, threshold_rules
+from ecoalign.sdm.metrics import (
+    THRESHOLD_RULES,
+    evaluate_abundance,
+    evaluate_presence,
+    threshold_rules,
+)
 from ecoalign.sdm.sites import SiteTable
 from ecoalign.sdm.spec import ModelSpec
-from ecoalign.sdm.species_model import CONSTANT_COLUMNS_NOTE, SKIPPED_SPECIES_NOTE, notes_silenced
+from ecoalign.sdm.species_model import (
+    CONSTANT_COLUMNS_NOTE,
+    SKIPPED_SPECIES_NOTE,
+    notes_silenced,
+)
 
 BUNDLE_VERSION = 2
 REFERENCE_ROWS = 5000  # background (landscape) rows whose scores a bundle keeps for Boyce at evaluate time

@@ -5,14 +5,13 @@ and counted with a reason, never silently.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-import logging
 
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.sdm.categorical import level_names

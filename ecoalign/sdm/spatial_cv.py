@@ -17,8 +17,8 @@ import pandas as pd
 from scipy.spatial import cKDTree
 from sklearn.model_selection import BaseCrossValidator, KFold, RepeatedKFold
 
-from ecoalign.data.splits import block_ids
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.data.splits import block_ids
 
 __all__ = ["SpatialBlockKFold", "make_cv", "CV_SCHEMES"]
 

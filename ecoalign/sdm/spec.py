@@ -101,7 +101,11 @@ def spec_from_dict(raw: dict[str, Any], path: Path | str = "<spec>") -> ModelSpe
 
 def _check_estimator(estimator: dict, task: str, path: Path) -> None:
     """Unknown estimator names fail when the spec is read, not after the sites are built."""
-    from ecoalign.sdm.estimators import ESTIMATORS, MULTI_SPECIES_ESTIMATORS, PRESENCE_ONLY_ESTIMATORS
+    from ecoalign.sdm.estimators import (
+        ESTIMATORS,
+        MULTI_SPECIES_ESTIMATORS,
+        PRESENCE_ONLY_ESTIMATORS,
+    )
 
     name = estimator.get("name")
     known = ESTIMATORS + MULTI_SPECIES_ESTIMATORS
