@@ -83,3 +83,35 @@ def test_a_run_that_fails_before_its_first_step_leaves_nothing(tmp_path):
             (run2 / "variants" / "checkpoint.pt").write_bytes(b"x")
             raise RuntimeError("disk full")
     assert (run2 / "config.yaml").exists()
+
+
+class _Payload:
+    """Stands for code a crafted checkpoint would run when unpickled: it would create a folder."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_checkpoints_load_tensors_only(tmp_path):
+    import torch
+
+    from ecoalign.core.io import load_torch
+
+    good = tmp_path / "good.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "state": {"epoch": 3, "history": [{"loss": 0.5, "note": None}]},
+                "torch_rng": torch.get_rng_state()}, good)
+    assert load_torch(good)["state"]["epoch"] == 3
+    bad = tmp_path / "bad.pt"
+    payload = _Payload()
+    payload.marker = str(tmp_path / "written-on-load")
+    torch.save({"model": {}, "extra": payload}, bad)
+    with pytest.raises(EcoalignInputError, match="refused to load") as err:
+        load_torch(bad)
+    assert str(bad) in str(err.value)
+    assert not (tmp_path / "written-on-load").exists()  # nothing ran
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(EcoalignInputError, match="truncated"):
+        load_torch(truncated)

@@ -14,7 +14,7 @@ from torch import nn
 
 from ecoalign.aerial.losses import anchor_loss, build_contrastive_loss
 from ecoalign.aerial.retrieval import anchor_fidelity, retrieval_recall
-from ecoalign.core.io import atomic_path, save_torch
+from ecoalign.core.io import atomic_path, load_torch, save_torch
 from ecoalign.encoders.adapter import ImageAdapter
 from ecoalign.encoders.releve import build_releve_encoder
 
@@ -100,7 +100,7 @@ def train_alignment(name: str, data: AlignmentData, *, folder: Path, model_kwarg
     state = {"epoch": 0, "best_val": float("inf"), "best_epoch": 0, "bad_epochs": 0, "done": False, "history": [],
              "train_seconds": 0.0, "train_plots": 0}
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_torch(ckpt_path)
         model.load_state_dict(ckpt["model"])
         optim.load_state_dict(ckpt["optim"])
         state = ckpt["state"]

@@ -84,6 +84,28 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
+def load_torch(path: str | os.PathLike) -> Any:
+    """A checkpoint or state dict, loaded with ``weights_only=True``: tensors and plain containers only, so a file
+    from elsewhere cannot run code when it is opened. Anything else is refused with the type it holds."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        from ecoalign.core.errors import EcoalignInputError
+
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise EcoalignInputError(f"refused to load: it holds more than tensors and plain containers ({first})",
+                                 path=path, expected="a checkpoint written by ecoalign (weights_only=True)") from None
+    except (RuntimeError, EOFError) as exc:
+        from ecoalign.core.errors import EcoalignInputError
+
+        raise EcoalignInputError(f"unreadable checkpoint ({exc})", path=path,
+                                 expected="a complete torch checkpoint (was it truncated?)") from None
+
+
 def _json_default(o: Any) -> Any:
     try:
         import numpy as np

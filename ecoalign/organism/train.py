@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.core.io import save_torch, write_json, write_text
+from ecoalign.core.io import load_torch, save_torch, write_json, write_text
 from ecoalign.organism.train_data import (
     CaptionedImages,
     PairCaption,
@@ -266,7 +266,7 @@ def train_organism(cfg=None, /, *, overrides: Sequence[str] = (), **kwargs) -> P
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     step, rows = 0, []
     if resuming and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = load_torch(ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
