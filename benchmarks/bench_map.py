@@ -7,11 +7,16 @@
   the same batch size), the same encoder (same cached kernel), the same standardisation and species model,
   predictions kept in memory and written as a GeoTIFF. Nodata windows are embedded and masked afterwards.
 Both run on a fully valid raster and on the same raster with a nodata footprint (a scene edge), and the maps
-are compared. Peak RSS of `map_raster` is measured in fresh subprocesses for a raster and one 4x larger.
-On CUDA (untested here: no GPU on the development machine) it also reports bf16 tiles/s and the fraction of
-encoder-only throughput the full pipeline reaches.
+are compared. ecoalign runs at every backbone precision of ``--precision`` (fp32, bf16 autocast, int8 dynamic
+quantisation; the baseline is fp32): tiles/s side by side, ratios to the baseline and to ecoalign fp32, and the
+fraction of valid pixels (pixel x species values) whose probability is within 0.02 of the fp32 map's. Every
+pipeline standardises bands with the same fixed statistics (the encoder's). Peak RSS of `map_raster` is measured
+in fresh subprocesses for a raster and one 4x larger (``--skip-rss`` skips it). On CUDA (untested here: no GPU on
+the development machine) it also reports bf16 tiles/s and the fraction of encoder-only throughput the full
+pipeline reaches.
 
     python benchmarks/bench_map.py [--side 8] [--batch-size 32] [--num-workers 2] [--rss-side 6]
+                                   [--precision fp32,bf16,int8] [--skip-rss] [--repeat 1]
 """
 from __future__ import annotations
 
@@ -109,7 +114,6 @@ def run_naive(encoder, bundle, raster, out, batch_size, num_workers) -> tuple[fl
     from torchgeo.samplers import GridGeoSampler
 
     from ecoalign.aerial.embed import EMBED_PREFIX
-    from ecoalign.data.patches import band_stats, open_rasters
     from ecoalign.sdm.fitting import load_bundle
 
     t0 = time.perf_counter()
@@ -118,7 +122,7 @@ def run_naive(encoder, bundle, raster, out, batch_size, num_workers) -> tuple[fl
         filename_glob = Path(raster).name
 
     model, meta = load_bundle(bundle)
-    mean, std = band_stats(open_rasters([raster], encoder.wavelengths_um))
+    mean, std = encoder.band_mean, encoder.band_std  # the encoder's fixed statistics, as ecoalign map uses
     mean_t, std_t = torch.from_numpy(mean)[None, :, None, None], torch.from_numpy(std)[None, :, None, None]
     ds = Scene(paths=[str(Path(raster).parent)])
     sampler = GridGeoSampler(ds, size=WINDOW, stride=WINDOW)
@@ -171,16 +175,16 @@ def gpu_figures(encoder, bundle, raster, folder, batch_size) -> None:
     if not torch.cuda.is_available():
         print("gpu: no CUDA device here; the bf16 autocast path is written but not measured")
         return
+    encoder = encoder.with_precision("bf16")
     encoder.model.to("cuda")
     x = torch.randn(batch_size, 4, 224, 224, device="cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    encoder.features(x)
+    torch.cuda.synchronize()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 10:
         encoder.features(x)
-        torch.cuda.synchronize()
-        t0, n = time.perf_counter(), 0
-        while time.perf_counter() - t0 < 10:
-            encoder.features(x)
-            n += batch_size
-        torch.cuda.synchronize()
+        n += batch_size
+    torch.cuda.synchronize()
     enc_rate = n / (time.perf_counter() - t0)
     with __import__("rasterio").open(raster) as src:
         tiles = (src.width // WINDOW) * (src.height // WINDOW)
@@ -197,6 +201,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--num-workers", type=int, default=2, help="DataLoader workers for the torchgeo baseline")
     ap.add_argument("--rss-side", type=int, default=6, help="memory: small raster side in windows (large = 2x side)")
+    ap.add_argument("--precision", default="fp32,bf16,int8",
+                    help="backbone precisions of ecoalign map to compare, comma separated (default fp32,bf16,int8; "
+                         "fp32 is always run: it is the reference map)")
+    ap.add_argument("--skip-rss", action="store_true", help="skip the peak-RSS measurement")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every pipeline this many times, interleaved, and keep the fastest (shared machines)")
     ap.add_argument("--rss-child", nargs=3, metavar=("RASTER", "BUNDLE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
@@ -205,19 +215,33 @@ def main() -> None:
     import torch
 
     import ecoalign
+    from ecoalign.data.patches import band_stats, open_rasters
+    from ecoalign.encoders.dofa import resolve_precision
 
+    precisions = ["fp32"] + [p for p in dict.fromkeys(resolve_precision(v, where="--precision")
+                                                       for v in args.precision.split(",")) if p != "fp32"]
     print(f"[bench_map] torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-          f"load average {os.getloadavg()[0]:.1f}; DOFA-small random weights, {WINDOW} m windows at {RES:g} m")
+          f"load average {os.getloadavg()[0]:.1f}; DOFA-small random weights, {WINDOW} m windows at {RES:g} m; "
+          f"precisions {precisions}")
     with tempfile.TemporaryDirectory(prefix="bench_map_") as tmp:
         folder = Path(tmp)
-        enc = ecoalign.load_encoder("dofa", size="small", wavelengths_um=WAVES)
         (folder / "valid").mkdir()
         (folder / "edge").mkdir()
         valid = make_raster(folder / "valid" / "scene.tif", args.side)
         edge = make_raster(folder / "edge" / "scene.tif", args.side, footprint=True)
+        # fixed band statistics, part of the encoder: the same for the plots, both rasters and every pipeline
+        mean, std = band_stats(open_rasters([valid], WAVES))
+        enc = ecoalign.load_encoder("dofa", size="small", wavelengths_um=WAVES, band_mean=mean, band_std=std,
+                                    precision="fp32")
         bundle = make_bundle(folder, valid, enc)
         x = torch.zeros(1, 4, 224, 224)
-        enc.features(x)  # warm-up outside the timings
+        encoders = {}
+        for p in precisions:  # warm-up outside the timings: kernel, and the int8 quantised copy (once per encoder)
+            encoders[p] = enc.with_precision(p)
+            t0 = time.perf_counter()
+            encoders[p].features(x)
+            if p != "fp32":
+                print(f"[bench_map] {p}: first call (preparation included) {time.perf_counter() - t0:.2f} s")
         t0 = time.perf_counter()
         for _ in range(20):
             enc.features._kernel = None
@@ -227,29 +251,47 @@ def main() -> None:
         km2 = (args.side * WINDOW * RES / 1000) ** 2
         print(f"[bench_map] DOFA kernel generation {kernel_ms:.1f} ms (done once per run by both pipelines)")
         xb = torch.randn(16, 4, 224, 224)
-        t0 = time.perf_counter()
-        for _ in range(max(1, args.side ** 2 // 16)):
-            enc.features(xb)
-        enc_rate = max(1, args.side ** 2 // 16) * 16 / (time.perf_counter() - t0)
-        print(f"[bench_map] encoder-only forward (batches of 16, no I/O, no model): {enc_rate:.2f} tiles/s "
-              f"= the ceiling for any pipeline on fully valid rasters here")
-        print(f"{'raster':<22}{'pipeline':<12}{'seconds':>9}{'tiles/s':>10}{'km2/min':>10}")
-        for name, raster, order in (("fully valid", valid, ("naive", "ecoalign")),
-                                    ("45% nodata edge", edge, ("ecoalign", "naive"))):
+        n_batches = max(1, args.side ** 2 // 16)
+        for p in precisions:
+            best = float("inf")
+            for _ in range(max(1, args.repeat)):
+                t0 = time.perf_counter()
+                for _ in range(n_batches):
+                    encoders[p].features(xb)
+                best = min(best, time.perf_counter() - t0)
+            enc_rate = n_batches * 16 / best
+            print(f"[bench_map] encoder-only forward {p} (batches of 16, no I/O, no model): {enc_rate:.2f} tiles/s "
+                  f"= the ceiling for any {p} pipeline on fully valid rasters here")
+        print(f"{'raster':<18}{'pipeline':<18}{'seconds':>9}{'tiles/s':>9}{'km2/min':>9}{'x naive':>9}"
+              f"{'x fp32':>8}{'within 0.02':>13}{'max |diff|':>12}   (vs the ecoalign fp32 map)")
+        for name, raster, first in (("fully valid", valid, "naive"), ("45% nodata edge", edge, "ecoalign")):
             res = {}
-            for which in order:
-                out = raster.parent / f"{which}.tif"
-                if which == "naive":
-                    res[which] = run_naive(enc, bundle, raster, out, args.batch_size, args.num_workers)
-                else:
-                    res[which] = run_ecoalign(enc, bundle, raster, out, args.batch_size)
-                sec = res[which][0]
-                print(f"{name:<22}{which:<12}{sec:9.1f}{tiles / sec:10.2f}{km2 / sec * 60:10.3f}", flush=True)
-            a, b = res["ecoalign"][1], res["naive"][1]
-            diff = float(np.abs(a - b)[a != -9999.0].max()) if (a != -9999.0).any() else 0.0
-            print(f"{name:<22}ratio ecoalign/naive {res['naive'][0] / res['ecoalign'][0]:.2f}x; same nodata "
-                  f"{bool(((a == -9999.0) == (b == -9999.0)).all())}, max |diff| {diff:.2e}", flush=True)
+            runs = [f"ecoalign {p}" for p in precisions]
+            for _ in range(max(1, args.repeat)):
+                for which in (["naive"] + runs) if first == "naive" else (runs + ["naive"]):
+                    out = raster.parent / f"{which.replace(' ', '_')}.tif"
+                    if which == "naive":
+                        got = run_naive(enc, bundle, raster, out, args.batch_size, args.num_workers)
+                    else:
+                        got = run_ecoalign(encoders[which.split()[1]], bundle, raster, out, args.batch_size)
+                    res[which] = min(res.get(which, got), got, key=lambda r: r[0])
+            ref = res["ecoalign fp32"][1]
+            valid_px = ref != -9999.0
+            for which in ["naive"] + runs:  # side by side, once every pipeline has run
+                sec, values = res[which]
+                diff = np.abs(values - ref)[valid_px]  # valid (pixel, species) values of the fp32 map
+                within = float((diff <= 0.02).mean()) if diff.size else float("nan")
+                print(f"{name:<18}{which + (' (fp32)' if which == 'naive' else ''):<18}{sec:9.1f}{tiles / sec:9.2f}"
+                      f"{km2 / sec * 60:9.3f}{res['naive'][0] / sec:8.2f}x{res['ecoalign fp32'][0] / sec:7.2f}x"
+                      f"{within:13.4f}{float(diff.max()) if diff.size else 0.0:12.4f}", flush=True)
+            a, b = ref, res["naive"][1]
+            diff = float(np.abs(a - b)[valid_px].max()) if valid_px.any() else 0.0
+            print(f"{name:<18}ecoalign fp32 vs naive: same nodata {bool(((a == -9999.0) == (b == -9999.0)).all())}, "
+                  f"max |diff| {diff:.2e}", flush=True)
 
+        if args.skip_rss:
+            gpu_figures(enc, bundle, valid, folder, args.batch_size)
+            return
         rss = {}
         for label, side in (("small", args.rss_side), ("4x pixels", 2 * args.rss_side)):
             (folder / label).mkdir()

@@ -25,15 +25,17 @@ from ecoalign.core.errors import EcoalignInputError
 WAVELENGTHS_ATTR = "wavelengths_um"  # a DataArray attribute that names its bands' centre wavelengths (µm)
 
 
-def _encoder(encoder, wavelengths_um: Sequence[float] | None):
-    """An encoder object, an adapt run directory, or ``dofa[-small|-base|-large]`` (wavelengths needed)."""
+def _encoder(encoder, wavelengths_um: Sequence[float] | None, bundle=None, **config):
+    """An encoder object, an adapt run directory, or ``dofa[-small|-base|-large]`` (wavelengths needed unless a
+    model ``bundle`` names them); ``config``: ``precision``, ``band_mean``, ``band_std`` (None keeps the encoder's)."""
     from ecoalign.mapping.loading import resolve_encoder
 
-    if isinstance(encoder, (str, Path)) and str(encoder).startswith("dofa") and wavelengths_um is None:
+    if (isinstance(encoder, (str, Path)) and str(encoder).startswith("dofa") and wavelengths_um is None
+            and bundle is None):
         raise EcoalignInputError(f"encoder '{encoder}' needs the band wavelengths",
                                  expected=f"wavelengths_um=[...] (µm, one per band) or a '{WAVELENGTHS_ATTR}' "
                                           "attribute on the DataArray")
-    return resolve_encoder(encoder, wavelengths_um)
+    return resolve_encoder(encoder, wavelengths_um, bundle, **config)
 
 
 def _progress(iterable, total: int, show: bool, what: str):
@@ -93,17 +95,21 @@ class EcoalignDataArray:
             da.rio.to_raster(path, tiled=True)
             yield path
 
-    def _resolve(self, encoder, wavelengths_um):
-        return _encoder(encoder, wavelengths_um if wavelengths_um is not None else self._da.attrs.get(WAVELENGTHS_ATTR))
+    def _resolve(self, encoder, wavelengths_um, bundle=None, **config):
+        waves = wavelengths_um if wavelengths_um is not None else self._da.attrs.get(WAVELENGTHS_ATTR)
+        return _encoder(encoder, waves, bundle, **config)
 
     # ------------------------------------------------------------------ embeddings
     def embed(self, encoder, points=None, *, window_m: float | None = None, stride_m: float | None = None,
               batch_size: int = 16, max_nodata_fraction: float = 0.5, wavelengths_um: Sequence[float] | None = None,
-              id_column: str = "plot_id", progress: bool = True, tmp_dir: str | Path | None = None):
+              id_column: str = "plot_id", progress: bool = True, tmp_dir: str | Path | None = None,
+              precision: str | None = None, band_mean=None, band_std=None):
         """Window embeddings: at ``points`` (a GeoDataFrame, via ``ecoalign.embed_points``) or, without points,
         on a grid (``stride_m`` apart, default one window) as a DataArray (y, x, feature), NaN where the window
-        is mostly nodata. ``window_m`` defaults to the encoder's patch size (100 m for frozen DOFA)."""
-        enc = self._resolve(encoder, wavelengths_um)
+        is mostly nodata. ``window_m`` defaults to the encoder's patch size (100 m for frozen DOFA).
+        ``precision`` (auto, fp32, bf16, int8) and fixed ``band_mean``/``band_std`` configure the encoder; frozen
+        DOFA without statistics gets this array's, recorded in the result (as ``ecoalign embed`` does)."""
+        enc = self._resolve(encoder, wavelengths_um, precision=precision, band_mean=band_mean, band_std=band_std)
         da = self._checked(enc)
         with self._geotiff(da, tmp_dir) as tif:
             if points is not None:
@@ -117,17 +123,21 @@ class EcoalignDataArray:
     # ------------------------------------------------------------------ species maps
     def predict(self, model, encoder, *, env_rasters: Sequence = (), stride_m: float | None = None,
                 batch_size: int = 32, wavelengths_um: Sequence[float] | None = None, scheduler: str | None = None,
-                workers: int | None = None, progress: bool = True, tmp_dir: str | Path | None = None) -> xr.DataArray:
+                workers: int | None = None, progress: bool = True, tmp_dir: str | Path | None = None,
+                precision: str | None = None, band_mean=None, band_std=None) -> xr.DataArray:
         """The species model (a bundle directory from ``ecoalign fit``) over the array: a DataArray (target, y, x)
         with the values ``ecoalign map`` writes (probability of presence, or abundance), NaN for nodata.
-        ``scheduler``/``workers`` compute the blocks with Dask (``tmp_dir`` must then be visible to the workers)."""
+        ``scheduler``/``workers`` compute the blocks with Dask (``tmp_dir`` must then be visible to the workers).
+        ``precision`` and ``band_mean``/``band_std`` as for ``ecoalign map`` (statistics default to the encoder's,
+        else the bundle's: never this array's)."""
         from rasterio.transform import Affine
 
         from ecoalign.mapping.blocks import compute_block
         from ecoalign.mapping.plan import plan_map
         from ecoalign.sdm.fitting import load_bundle
 
-        enc = self._resolve(encoder, wavelengths_um)
+        enc = self._resolve(encoder, wavelengths_um, model, precision=precision, band_mean=band_mean,
+                            band_std=band_std)
         da = self._checked(enc)
         model_obj = load_bundle(model)[0]
         with self._geotiff(da, tmp_dir) as tif:
@@ -206,7 +216,8 @@ class EcoalignFrame:
 
     def embed(self, raster, encoder, *, wavelengths_um: Sequence[float] | None = None, **kwargs):
         """``ecoalign.embed_points`` on these points: ``raster`` is a GeoTIFF path, a list of them, or a
-        rioxarray DataArray; keyword arguments as for ``embed_points`` (``patch_size_m``, ``id_column``, ...)."""
+        rioxarray DataArray; keyword arguments as for ``embed_points`` (``patch_size_m``, ``id_column``,
+        ``precision``, ``band_mean``/``band_std``, ...)."""
         import geopandas as gpd
 
         if not isinstance(self._df, gpd.GeoDataFrame):

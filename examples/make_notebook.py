@@ -34,8 +34,9 @@ sorted(p.name for p in world.iterdir())"""),
     ("md", """## An encoder, and embeddings of plots
 
 `load_encoder("dofa", ...)` needs the centre wavelength (µm) of each band, in band order. Frozen DOFA
-standardises each band; the statistics are fixed here from the whole orthophoto, so plots, crops and maps are
-embedded alike (left unset, each raster is standardised with its own statistics)."""),
+standardises each band with statistics that belong to the encoder, never to the raster being read; they are fixed
+here from the whole orthophoto, so plots, crops and maps are embedded alike (left unset, `embed` fixes them once
+from the rasters it is given and records them, and a map reuses those of the model's bundle)."""),
     ("code", """from ecoalign.data.patches import band_stats, open_rasters
 
 wavelengths = list(DEMO_BANDS.values())

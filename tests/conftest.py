@@ -1,7 +1,6 @@
 """Shared fixtures: real field data from ../shared/data and small files in real formats built around it."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -11,7 +11,6 @@ import torch
 from ecoalign.aerial.backbone_cache import build_backbone_cache
 from ecoalign.cli import main
 from ecoalign.core.config import compose
-from ecoalign.core.errors import EcoalignInputError
 
 
 class WindowReader:

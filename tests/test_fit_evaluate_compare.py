@@ -14,7 +14,7 @@ import ecoalign
 from ecoalign.aerial.embed import write_embeddings
 from ecoalign.cli import main
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.sdm.fitting import cross_validate, fit_bundle, load_bundle
+from ecoalign.sdm.fitting import cross_validate, load_bundle
 from ecoalign.sdm.sites import build_sites
 from ecoalign.sdm.spec import load_spec
 

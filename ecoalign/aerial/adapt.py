@@ -33,11 +33,12 @@ RESUMABLE_KEYS = ("trainer.epochs", "trainer.patience", "trainer.progress", "bac
 def adapt(overrides: Sequence[str] = (), *, backbone: str | None = None, releve_encoder: str | None = None,
           loss: str | None = None, data: str | None = None, trainer: str | None = None, manifest: str | None = None,
           weights: str | None = None, size: str | None = None, out: str | None = None,
-          resume: str | bool | None = None) -> Path:
+          resume: str | bool | None = None, precision: str | None = None) -> Path:
     """Python face of ``ecoalign adapt``; returns the run directory.
 
     ``ecoalign.adapt(["trainer.epochs=20"], size="small", out="runs/x")``; ``resume=True`` continues the latest
     run (under ``out`` if given), ``resume="runs/x"`` that run, with only ``RESUMABLE_KEYS`` overrides allowed.
+    ``precision`` (``backbone.precision``: auto, fp32, bf16, int8) is that of the frozen-backbone embedding pass.
     """
     from omegaconf import OmegaConf
 
@@ -54,7 +55,8 @@ def adapt(overrides: Sequence[str] = (), *, backbone: str | None = None, releve_
     if bad:
         raise EcoalignInputError(f"unexpected arguments {bad}", expected="key=value Hydra overrides")
     chosen = {"backbone": backbone, "releve_encoder": releve_encoder, "loss": loss, "data": data, "trainer": trainer}
-    keys = {"data.manifest": manifest, "backbone.weights": weights, "backbone.size": size}
+    keys = {"data.manifest": manifest, "backbone.weights": weights, "backbone.size": size,
+            "backbone.precision": precision}
     run_dir, resuming = resolve_run(out, resume, RUNS_DIR)
     if resuming:
         given = [f"{g}={v}" for g, v in chosen.items() if v] + [f"{k}={v}" for k, v in keys.items() if v]
@@ -78,6 +80,7 @@ class PairedData:
     std: np.ndarray
     cache: object           # BackboneCache: embeddings (plots, views, dim), centres, plot ids
     releves: object
+    precision: str = "fp32"  # of the frozen-backbone embedding pass
 
 
 def run_adapt(cfg, run_dir: Path) -> Path:
@@ -95,7 +98,7 @@ def run_adapt(cfg, run_dir: Path) -> Path:
     for i, r in enumerate(results):  # the main model at the top; every variant loadable for `ecoalign compare`
         for folder in ([run_dir] if i == 0 else []) + [run_dir / "variants" / r["variant"]]:
             _save_encoder(folder, r["model"], paired.info, c["backbone"], paired.manifest, paired.mean, paired.std,
-                          c["data"], species, _model_kwargs(c))
+                          c["data"], species, _model_kwargs(c), precision=paired.precision)
     _write_reports(run_dir, report, results, paired.info, c, t0)
     return run_dir
 
@@ -113,7 +116,7 @@ def _paired_data(c: dict, report: dict) -> PairedData:
     )
     from ecoalign.data.plots import plot_centres, read_manifest_plots
     from ecoalign.data.releves import read_manifest_releves
-    from ecoalign.encoders.dofa import DOFAFeatures, build_dofa
+    from ecoalign.encoders.dofa import DOFAFeatures, build_dofa, resolve_precision
 
     data_cfg, bb_cfg, tr_cfg = c["data"], c["backbone"], c["trainer"]
     manifest = load_manifest(data_cfg["manifest"])
@@ -129,14 +132,18 @@ def _paired_data(c: dict, report: dict) -> PairedData:
     sources = open_rasters([f.path for f in manifest.imagery], manifest.wavelengths_um, manifest.nodata)
     raster_crs = sources[0].crs
     centres = plot_centres(plots.loc[matched], raster_crs)
-    mean, std = band_stats(sources)
+    mean, std = band_stats(sources)  # of all the manifest's imagery, stored with the encoder (encoder.json)
+    device = _device(bb_cfg.get("device", "auto"))
+    precision = resolve_precision(bb_cfg.get("precision", "auto"), device=device, where="backbone.precision")
+    if precision == "int8" and device != "cpu":
+        raise EcoalignInputError(f"backbone.precision=int8 runs on CPU only (torch dynamic quantisation), not {device}",
+                                 where="backbone.precision", expected="bf16 or fp32 on a GPU, or backbone.device=cpu")
     model, info = build_dofa(bb_cfg.get("size", "base"), bb_cfg.get("weights", "none"))
     if info.random_weights:
         log.warning("DOFA runs on RANDOM weights (--weights none): embeddings carry no pretrained knowledge; "
                     "results are only good for testing the pipeline")
-    device = _device(bb_cfg.get("device", "auto"))
     model.to(device)
-    features = DOFAFeatures(model, manifest.wavelengths_um)
+    features = DOFAFeatures(model, manifest.wavelengths_um, precision)
     n_views = int(data_cfg.get("augmentations", 1))
     if not 1 <= n_views <= len(AUGMENTATIONS):
         raise EcoalignInputError(f"data.augmentations={n_views}", expected=f"1..{len(AUGMENTATIONS)} dihedral views")
@@ -144,6 +151,8 @@ def _paired_data(c: dict, report: dict) -> PairedData:
     key_parts = {"data": manifest.identity(), "patch_size_m": data_cfg["patch_size_m"], "input_px": info.input_px,
                  "max_nodata_fraction": data_cfg["max_nodata_fraction"], "backbone": info.as_dict(),
                  "mean": mean.tolist(), "std": std.tolist()}
+    if precision != "fp32":  # fp32 keeps the key caches had before precisions existed; bf16/int8 get their own
+        key_parts["precision"] = precision
     with PatchReader(sources, size_m=data_cfg["patch_size_m"], out_px=info.input_px,
                      max_nodata_fraction=data_cfg["max_nodata_fraction"], mean=mean, std=std) as reader:
         on_device = (lambda x: features(x.to(device)).cpu()) if device != "cpu" else features
@@ -163,9 +172,9 @@ def _paired_data(c: dict, report: dict) -> PairedData:
                                  path=manifest.source,
                                  expected="plots inside the raster footprint, in a CRS that can be reprojected to it")
     report["embedding_pass"] = {"seconds": embed_seconds, "plots_per_second": cache.plots_per_second,
-                                "cache": str(cache.path), "reused_cache": cache.reused}
+                                "cache": str(cache.path), "reused_cache": cache.reused, "precision": precision}
     report["environment_device"] = device
-    return PairedData(manifest, info, mean, std, cache, releves)
+    return PairedData(manifest, info, mean, std, cache, releves, precision)
 
 
 def _plots_with_releves(plots, releves, manifest, report: dict) -> list:
@@ -265,7 +274,8 @@ def _device(name: str) -> str:
     return name
 
 
-def _save_encoder(run_dir: Path, model, info, bb_cfg, manifest, mean, std, data_cfg, species, model_kwargs) -> None:
+def _save_encoder(run_dir: Path, model, info, bb_cfg, manifest, mean, std, data_cfg, species, model_kwargs, *,
+                  precision: str = "fp32") -> None:
     """The adapted encoder as files that ``ecoalign.load_encoder`` rebuilds without the training code."""
     enc = run_dir / "encoder"
     enc.mkdir(exist_ok=True)
@@ -278,6 +288,7 @@ def _save_encoder(run_dir: Path, model, info, bb_cfg, manifest, mean, std, data_
         "kind": "adapted_dofa", "format_version": 1, "backbone": info.as_dict(),
         "backbone_weights_source": str(Path(weights).resolve()) if Path(str(weights)).exists() else weights,
         "wavelengths_um": list(manifest.wavelengths_um), "band_mean": mean.tolist(), "band_std": std.tolist(),
+        "embedding_precision": precision,  # of the cached frozen features the adapter was trained on
         "nodata": manifest.nodata, "patch_size_m": data_cfg["patch_size_m"],
         "adapter": {"mlp_hidden": model_kwargs["adapter_mlp_hidden"], "proj_dim": model_kwargs["proj_dim"]},
         "releve_encoder": model_kwargs["releve_encoder"], "species": species, "trained_on": manifest.identity(),

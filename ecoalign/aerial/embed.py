@@ -5,6 +5,11 @@ and ``write_embeddings`` take loaded points and an encoder object. Windows are r
 through the resumable backbone cache, so a killed job resumes and a repeated one is free; ``write_embeddings``
 writes the table to GeoParquet row group by row group (memory stays flat as the number of points grows), with the
 encoder's identity in the file metadata.
+
+Band statistics: the encoder's fixed ones (an adapted encoder's, or ``band_mean``/``band_std`` given for frozen
+DOFA). Frozen DOFA without them gets them fixed once from all the rasters of this call (a decimated read of their
+valid pixels), recorded in the table's encoder identity with the rasters they came from; ``fit`` keeps that
+identity in the bundle and ``map`` reuses the statistics, so a map agrees with the embeddings its model was fitted on.
 """
 from __future__ import annotations
 
@@ -28,13 +33,15 @@ META_KEY = b"ecoalign"
 
 def embed_inputs(points=None, rasters: Sequence[str | Path] = (), *, manifest=None, encoder="dofa",
                  weights: str = "none", size: str = "base", wavelengths_um: Sequence[float] | None = None,
-                 id_column: str = "plot_id", crs=None) -> tuple[object, list, WindowEncoder, str]:
+                 id_column: str = "plot_id", crs=None, precision: str | None = None, band_mean=None,
+                 band_std=None) -> tuple[object, list, WindowEncoder, str]:
     """(points, rasters, encoder, id column) from ``ecoalign embed``'s arguments.
 
     ``points``: a GeoDataFrame or a plots file (GeoPackage, GeoParquet, CSV with ``crs``); without it, the
     ``manifest``'s plots (ids in ``plot_id``). ``rasters`` (one GeoTIFF or a list) default to the manifest's
     imagery, ``wavelengths_um`` to its band wavelengths. ``encoder``: an encoder object, ``dofa`` (with ``size``,
-    ``weights``, wavelengths) or an ``ecoalign adapt`` run directory."""
+    ``weights``, wavelengths) or an ``ecoalign adapt`` run directory; ``precision`` (auto, fp32, bf16, int8) and
+    fixed ``band_mean``/``band_std`` (frozen DOFA) configure it."""
     from ecoalign.data.plots import read_plots
 
     rasters = [str(rasters)] if isinstance(rasters, (str, Path)) else [str(r) for r in rasters or []]
@@ -54,17 +61,21 @@ def embed_inputs(points=None, rasters: Sequence[str | Path] = (), *, manifest=No
         table = points if points.crs is not None or crs is None else points.set_crs(crs)
     if table is None:
         raise EcoalignInputError("no points given", expected="--points FILE or --manifest M")
-    if isinstance(encoder, (str, Path)):
-        from ecoalign.encoders.registry import load_encoder
+    from ecoalign.encoders.registry import configure_encoder, load_encoder
 
-        encoder = load_encoder(encoder, size=size, weights=weights, wavelengths_um=wavelengths_um)
+    if isinstance(encoder, (str, Path)):
+        encoder = load_encoder(encoder, size=size, weights=weights, wavelengths_um=wavelengths_um,
+                               precision=precision, band_mean=band_mean, band_std=band_std)
+    else:
+        encoder = configure_encoder(encoder, precision=precision, band_mean=band_mean, band_std=band_std)
     return table, rasters, encoder, id_column
 
 
 def embed(points=None, rasters: Sequence[str | Path] = (), *, manifest=None, encoder="dofa", weights: str = "none",
           size: str = "base", wavelengths_um: Sequence[float] | None = None, id_column: str = "plot_id", crs=None,
           patch_size_m: float | None = None, batch_size: int = 16, out: str | Path | None = None,
-          overwrite: bool = False, max_nodata_fraction: float = 0.5, progress: bool = False):
+          overwrite: bool = False, max_nodata_fraction: float = 0.5, progress: bool = False,
+          precision: str | None = None, band_mean=None, band_std=None):
     """Python face of ``ecoalign embed``, with the verb's arguments (see ``embed_inputs``): a GeoDataFrame
     (id, emb_000.., geometry) of the points that have a usable window, metadata and skips in ``.attrs['ecoalign']``.
 
@@ -72,7 +83,8 @@ def embed(points=None, rasters: Sequence[str | Path] = (), *, manifest=None, enc
     exists unless ``overwrite``) and the table returned is that file read back."""
     table, rasters, enc, id_column = embed_inputs(points, rasters, manifest=manifest, encoder=encoder,
                                                   weights=weights, size=size, wavelengths_um=wavelengths_um,
-                                                  id_column=id_column, crs=crs)
+                                                  id_column=id_column, crs=crs, precision=precision,
+                                                  band_mean=band_mean, band_std=band_std)
     options = {"id_column": id_column, "patch_size_m": patch_size_m, "max_nodata_fraction": max_nodata_fraction,
                "batch_size": batch_size, "progress": progress}
     if out is None:
@@ -114,16 +126,24 @@ def _prepare(points, rasters: Sequence[str | Path], encoder, *, patch_size_m: fl
                                  expected="an image-window encoder: 'dofa' or an `ecoalign adapt` run directory "
                                           "(organism photos: `ecoalign embed-images`)")
     sources = open_rasters([Path(r) for r in rasters], encoder.wavelengths_um)
-    if encoder.band_mean is not None:
-        mean, std = encoder.band_mean, encoder.band_std
-    else:
-        mean, std = band_stats(sources)
+    stats_from = None
+    if encoder.band_mean is None:  # fixed once, from all rasters of this call, and recorded (never per raster)
+        encoder = encoder.with_band_stats(*band_stats(sources))
+        stats_from = [str(s.path) for s in sources]
+        log.info("frozen DOFA has no band statistics: fixed from %d raster(s) (mean %s, std %s) and recorded in "
+                 "the encoder identity (`fit` keeps them, `map` reuses them); pass band_mean/band_std "
+                 "(--band-mean/--band-std) to choose them", len(sources),
+                 [round(float(v), 4) for v in encoder.band_mean], [round(float(v), 4) for v in encoder.band_std])
+    mean, std = encoder.band_mean, encoder.band_std
     size_m = float(patch_size_m or encoder.patch_size_m or 100.0)
     centres = plot_centres(points, sources[0].crs)
     ids = [str(i) for i in points.index]
     key = {"rasters": [_file_fingerprint(s.path) for s in sources], "patch_size_m": size_m,
            "max_nodata_fraction": max_nodata_fraction, "backbone": encoder.info.as_dict(),
            "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist(), "input_px": encoder.input_px}
+    precision = getattr(encoder, "precision", "fp32")
+    if precision != "fp32":  # fp32 keeps the key caches had before precisions existed; bf16/int8 get their own
+        key["precision"] = precision
     with PatchReader(sources, size_m=size_m, out_px=encoder.input_px, max_nodata_fraction=max_nodata_fraction,
                      mean=mean, std=std) as reader:
         cache = build_backbone_cache(reader=reader, features=encoder.features, plot_ids=ids, centres=centres,
@@ -134,7 +154,7 @@ def _prepare(points, rasters: Sequence[str | Path], encoder, *, patch_size_m: fl
             f"none of the {len(ids)} points has a usable window in the raster(s) "
             f"(skipped: { {k: len(v) for k, v in cache.skipped.items()} })",
             expected="points inside the raster footprint (they are reprojected to the raster CRS)")
-    return points, cache, size_m
+    return points, cache, size_m, encoder, stats_from
 
 
 def _batches(points, cache, encoder, rows: int) -> Iterator[tuple[list[str], object, np.ndarray]]:
@@ -144,33 +164,39 @@ def _batches(points, cache, encoder, rows: int) -> Iterator[tuple[list[str], obj
         yield ids, points.loc[ids], np.asarray(emb, dtype=np.float32)
 
 
-def _metadata(encoder, cache, size_m: float, n_points: int) -> dict:
-    return {"encoder": encoder.identity(), "random_weights": encoder.random_weights, "patch_size_m": size_m,
+def _metadata(encoder, cache, size_m: float, n_points: int, stats_from: list[str] | None) -> dict:
+    meta = {"encoder": encoder.identity(), "random_weights": encoder.random_weights, "patch_size_m": size_m,
             "points": n_points, "embedded": int(len(cache.plot_ids)),
             "skipped": {k: v for k, v in cache.skipped.items()}, "embedding_prefix": EMBED_PREFIX}
+    if stats_from:
+        meta["band_stats_from"] = stats_from  # the rasters whose statistics were fixed for this frozen encoder
+    return meta
 
 
 def embed_points(points, rasters: Sequence[str | Path], encoder, *, patch_size_m: float | None = None,
                  max_nodata_fraction: float = 0.5, batch_size: int = 16, id_column: str = "plot_id",
-                 progress: bool = False):
-    """A GeoDataFrame (id, geometry, emb_000..) of the points that have a usable window; skips in ``.attrs``."""
+                 progress: bool = False, precision: str | None = None, band_mean=None, band_std=None):
+    """A GeoDataFrame (id, geometry, emb_000..) of the points that have a usable window; skips in ``.attrs``.
+    ``precision`` and ``band_mean``/``band_std`` configure the encoder (None: the encoder's own)."""
     import geopandas as gpd
     import pandas as pd
 
-    if isinstance(encoder, (str, Path)):
-        from ecoalign.encoders.registry import load_encoder
+    from ecoalign.encoders.registry import configure_encoder, load_encoder
 
+    if isinstance(encoder, (str, Path)):
         encoder = load_encoder(encoder)
-    points, cache, size_m = _prepare(points, rasters, encoder, patch_size_m=patch_size_m,
-                                     max_nodata_fraction=max_nodata_fraction, batch_size=batch_size,
-                                     id_column=id_column, progress=progress)
+    encoder = configure_encoder(encoder, precision=precision, band_mean=band_mean, band_std=band_std)
+    points, cache, size_m, encoder, stats_from = _prepare(points, rasters, encoder, patch_size_m=patch_size_m,
+                                                          max_nodata_fraction=max_nodata_fraction,
+                                                          batch_size=batch_size, id_column=id_column,
+                                                          progress=progress)
     parts = []
     for ids, pts, emb in _batches(points, cache, encoder, 4096):
         cols = pd.DataFrame(emb, columns=[f"{EMBED_PREFIX}{j:03d}" for j in range(emb.shape[1])], index=pts.index)
         parts.append(pd.concat([pd.DataFrame({id_column: ids}, index=pts.index), cols], axis=1)
                      .assign(geometry=pts.geometry.values))
     out = gpd.GeoDataFrame(pd.concat(parts), geometry="geometry", crs=points.crs).reset_index(drop=True)
-    out.attrs["ecoalign"] = _metadata(encoder, cache, size_m, len(points))
+    out.attrs["ecoalign"] = _metadata(encoder, cache, size_m, len(points), stats_from)
     return out
 
 
@@ -184,10 +210,11 @@ def write_embeddings(points, rasters: Sequence[str | Path], encoder, out: str | 
     out = Path(out)
     if out.exists() and not overwrite:
         raise EcoalignInputError("output exists", path=out, expected="another --out, or --overwrite")
-    points, cache, size_m = _prepare(points, rasters, encoder, patch_size_m=patch_size_m,
-                                     max_nodata_fraction=max_nodata_fraction, batch_size=batch_size,
-                                     id_column=id_column, progress=progress)
-    meta = _metadata(encoder, cache, size_m, len(points))
+    points, cache, size_m, encoder, stats_from = _prepare(points, rasters, encoder, patch_size_m=patch_size_m,
+                                                          max_nodata_fraction=max_nodata_fraction,
+                                                          batch_size=batch_size, id_column=id_column,
+                                                          progress=progress)
+    meta = _metadata(encoder, cache, size_m, len(points), stats_from)
     geo = {"version": "1.0.0", "primary_column": "geometry",
            "columns": {"geometry": {"encoding": "WKB", "crs": json.loads(points.crs.to_json()),
                                     "geometry_types": sorted(set(points.geom_type))}}}

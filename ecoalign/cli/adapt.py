@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ecoalign.aerial.adapt import GROUPS, RESUMABLE_KEYS
+from ecoalign.cli.arg_types import PRECISIONS
 
 
 def register(sub) -> dict:
@@ -16,6 +17,9 @@ def register(sub) -> dict:
     p.add_argument("--manifest", help="data-set manifest: a YAML path or a named manifest (default: demo)")
     p.add_argument("--weights", help="DOFA weights: torchgeo enum name (DOFA_MAE), a checkpoint path, or none")
     p.add_argument("--size", choices=("small", "base", "large"), help="DOFA size")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="precision of the frozen-DOFA embedding pass (backbone.precision; default auto: bf16 on "
+                        "CUDA, else fp32)")
     p.add_argument("--out", help="run directory (default: runs/adapt/<timestamp>); with --resume, the run or "
                                  "the folder of runs to continue")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
@@ -29,5 +33,5 @@ def run(args) -> int:
     from ecoalign.aerial.adapt import adapt
 
     adapt(args.overrides, **{g: getattr(args, g) for g in GROUPS}, manifest=args.manifest, weights=args.weights,
-          size=args.size, out=args.out, resume=args.resume)
+          size=args.size, out=args.out, resume=args.resume, precision=args.precision)
     return 0

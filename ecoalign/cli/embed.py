@@ -1,7 +1,7 @@
 """``ecoalign embed``: the image window around each point -> one embedding row per point (GeoParquet)."""
 from __future__ import annotations
 
-from ecoalign.cli.arg_types import wavelengths
+from ecoalign.cli.arg_types import add_encoder_options, wavelengths
 
 
 def register(sub) -> dict:
@@ -20,6 +20,7 @@ def register(sub) -> dict:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", required=True, help="output GeoParquet (organism photos: `ecoalign embed-images`)")
     p.add_argument("--overwrite", action="store_true")
+    add_encoder_options(p)  # frozen DOFA without --band-mean/--band-std: fixed once from all --raster files
     return {"embed": run}
 
 
@@ -29,7 +30,8 @@ def run(args) -> int:
     # ecoalign.aerial.embed.embed(..., out=) in two steps, without reading the written table back into memory
     points, rasters, encoder, id_column = embed_inputs(
         args.points, args.raster, manifest=args.manifest, encoder=args.encoder, weights=args.weights,
-        size=args.size, wavelengths_um=args.wavelengths, id_column=args.id_column, crs=args.crs)
+        size=args.size, wavelengths_um=args.wavelengths, id_column=args.id_column, crs=args.crs,
+        precision=args.precision, band_mean=args.band_mean, band_std=args.band_std)
     write_embeddings(points, rasters, encoder, args.out, overwrite=args.overwrite, id_column=id_column,
                      patch_size_m=args.patch_size_m, batch_size=args.batch_size)
     return 0

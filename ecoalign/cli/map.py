@@ -1,7 +1,7 @@
 """``ecoalign map``: a fitted species model over a raster of any size -> multi-band Cloud-Optimized GeoTIFF."""
 from __future__ import annotations
 
-from ecoalign.cli.arg_types import wavelengths
+from ecoalign.cli.arg_types import add_encoder_options, wavelengths
 from ecoalign.core.errors import EcoalignInputError
 
 
@@ -33,7 +33,17 @@ def register(sub) -> dict:
     group.add_argument("--scheduler", default=None, help="dask distributed scheduler address (tcp://host:8786)")
     group.add_argument("--workers", type=int, default=None, help="a local dask cluster with N worker processes")
     p.add_argument("--no-quicklook", action="store_true", help="skip the PNG quicklook")
+    p.add_argument("--species", nargs="+", default=None, metavar="NAME",
+                   help="map only these species of the bundle, in this order (default: all)")
+    p.add_argument("--threshold-rule", default=None, metavar="RULE|NUMBER",
+                   help="threshold of the presence map <stem>_presence.tif (uint8: 1 presence, 0 absence, 255 "
+                        "nodata): max_tss, equal_sens_spec or p10_presence (out-of-fold thresholds stored in the "
+                        "bundle), or a number in [0, 1] (default: the bundle's max_tss, when it has them)")
+    p.add_argument("--no-presence", action="store_true", help="write no presence map")
+    p.add_argument("--no-uncertainty", action="store_true",
+                   help="write no '<species>: sd' bands (the spread between an ensemble model's members)")
     p.add_argument("--no-progress", action="store_true")
+    add_encoder_options(p)  # --precision, --band-mean/--band-std (default: the encoder's, else the bundle's)
     return {"map": map_verb}
 
 
@@ -46,5 +56,7 @@ def map_verb(args) -> int:
                batch_size=args.batch_size, overwrite=args.overwrite, scheduler=args.scheduler, workers=args.workers,
                quicklook=not args.no_quicklook, progress=not args.no_progress,
                max_nodata_fraction=args.max_nodata_fraction, wavelengths_um=args.wavelengths,
-               weights=args.weights)
+               weights=args.weights, species=args.species, threshold_rule=args.threshold_rule,
+               presence=not args.no_presence, uncertainty=not args.no_uncertainty, precision=args.precision,
+               band_mean=args.band_mean, band_std=args.band_std)
     return 0

@@ -67,7 +67,9 @@ def open_rasters(paths: Sequence[Path], wavelengths_um: Sequence[float], nodata:
 
 
 def band_stats(sources: Sequence[RasterSource], max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std of valid pixels from a decimated read: the standardisation DOFA expects per sensor."""
+    """Per-band mean and std of valid pixels from a decimated read: the standardisation DOFA expects per sensor.
+    Computed once to fix an encoder's statistics (``adapt``: the manifest's imagery; ``embed``: its rasters),
+    never for each raster a map reads."""
     import rasterio
     from rasterio.enums import Resampling
 

@@ -5,8 +5,9 @@ preprocessed batch (``image_tensor``), that batch into float32 embeddings (``emb
 (``identity``: a JSON-able dict written into output metadata and used in cache keys).
 
 Encoders of multispectral raster windows (``WindowEncoder``: DOFA, adapted or not) add what maps and point
-embeddings need: the band wavelengths and standardisation, the backbone's input size, the frozen backbone
-(``features``, described by ``BackboneInfo``; its output is cached on disk) and the trained ``head`` on top of it.
+embeddings need: the band wavelengths and their fixed standardisation, the precision, the backbone's input size,
+the frozen backbone (``features``, described by ``BackboneInfo``; its output is cached on disk) and the trained
+``head`` on top of it.
 They all prepare windows with ``ecoalign.data.patches.preprocess_windows``, the one preprocessing of raster windows.
 
 No heavy import at module level: the command's ``--help`` imports this module.
@@ -65,8 +66,9 @@ class WindowEncoder(Encoder, Protocol):
     """An encoder of multispectral raster windows: a frozen backbone (``features``) and a trained ``head``."""
 
     wavelengths_um: list[float]  # band centre wavelengths, in band order
-    band_mean: np.ndarray | None  # per-band standardisation; None: taken from the raster being embedded
-    band_std: np.ndarray | None
+    band_mean: np.ndarray | None  # fixed per-band standardisation (part of identity()); None: not fixed yet, see
+    band_std: np.ndarray | None    # ecoalign.aerial.embed (fixed once from the rasters embedded) and mapping.plan
+    precision: str  # fp32 | bf16 | int8: how the frozen backbone computes (part of identity())
     patch_size_m: float | None  # ground size of a window the encoder was trained on, if any
     features: Callable[["torch.Tensor"], "torch.Tensor"]  # preprocessed batch -> frozen backbone features
     info: BackboneInfo  # the frozen backbone (keys the on-disk feature cache)
@@ -77,3 +79,6 @@ class WindowEncoder(Encoder, Protocol):
 
     def head(self, frozen: Any) -> np.ndarray:
         """The trained part, applied to frozen features (identity for a frozen encoder)."""
+
+    def with_band_stats(self, band_mean, band_std) -> "WindowEncoder":
+        """The same encoder with fixed band statistics (one value per band, in the raster's units)."""

@@ -5,9 +5,16 @@ Models and weights are looked up through torchgeo's registry (``torchgeo.models.
 ``get_weight``). Weights come from a torchgeo enum name (``DOFA_MAE`` or ``DOFABase16_Weights.DOFA_MAE``, read from
 the torch hub cache where torchgeo would download it; nothing is downloaded here), a local checkpoint
 (.pth/.pt/.safetensors), or ``none`` (random init, seeded, and labelled as such everywhere).
+
+Precision (``PRECISIONS``) is part of the encoder: ``fp32``; ``bf16`` (``torch.autocast`` around the transformer,
+float32 outputs); ``int8`` (torch dynamic quantisation, qint8, of the transformer blocks' ``nn.Linear`` layers,
+CPU only, prepared once per encoder). ``auto`` is bf16 on CUDA and fp32 elsewhere. The wavelength-generated patch
+embedding runs in float32 at every precision.
 """
 from __future__ import annotations
 
+import copy
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +29,47 @@ EMBED_DIMS = {"small": 384, "base": 768, "large": 1024}
 # Keys that torchgeo itself builds fresh when loading DOFA checkpoints (pooling norm and classifier head).
 _FRESH_KEYS = {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
 RANDOM_SEED = 0
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(precision: str | None = "auto", *, device=None, where: str = "precision") -> str:
+    """``fp32``, ``bf16`` or ``int8`` from a user's value (``where`` names the flag or key in errors); ``auto``
+    (or None) is bf16 on CUDA (``device``, default: CUDA when available) and fp32 elsewhere."""
+    import torch
+
+    value = "auto" if precision is None else str(precision).strip().lower()
+    if value not in PRECISIONS:
+        raise EcoalignInputError(f"unknown precision {precision!r}", where=where,
+                                 expected=f"one of {', '.join(PRECISIONS)}")
+    if value == "auto":
+        cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+        return "bf16" if cuda else "fp32"
+    return value
+
+
+def check_band_stats(band_mean, band_std, n_bands: int) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """float32 (mean, std) of ``n_bands`` values each, std > 0; or (None, None) when neither is given."""
+    if band_mean is None and band_std is None:
+        return None, None
+    if band_mean is None or band_std is None:
+        missing = "band_std (--band-std)" if band_std is None else "band_mean (--band-mean)"
+        raise EcoalignInputError(f"{missing} is missing", where="band statistics",
+                                 expected="both band_mean and band_std (--band-mean, --band-std), one value per band")
+    out = []
+    for name, values in (("band_mean (--band-mean)", band_mean), ("band_std (--band-std)", band_std)):
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+        if arr.size != n_bands:
+            raise EcoalignInputError(f"{arr.size} value(s) for {n_bands} band(s)", where=name,
+                                     expected="one value per band, in band order")
+        if not np.isfinite(arr).all():
+            raise EcoalignInputError(f"non-finite value in {arr.tolist()}", where=name, expected="finite numbers")
+        out.append(arr.astype(np.float32))
+    if (out[1] <= 0).any():
+        raise EcoalignInputError(f"standard deviations {out[1].tolist()}", where="band_std (--band-std)",
+                                 expected="positive values (the spread of each band in the raster's units)")
+    return out[0], out[1]
 
 
 def _weights_enum(size: str):
@@ -138,13 +186,41 @@ class DOFAFeatures:
     """Pooled DOFA features with the wavelength-dependent patch-embedding kernel computed once per band set.
 
     DOFA's dynamic patch embedding runs a small transformer over the wavelengths on every forward; the result
-    depends on the wavelengths alone, so it is cached here. Output equals ``model.forward_features``.
+    depends on the wavelengths alone, so it is cached here (always computed in float32). Output equals
+    ``model.forward_features`` in fp32; ``precision`` bf16 runs the transformer under ``torch.autocast``
+    (bfloat16), int8 through a dynamically quantised copy of its blocks made on the first call. The patch embedding
+    is float32 at every precision. Outputs are float32.
     """
 
-    def __init__(self, model, wavelengths_um: Sequence[float]):
+    def __init__(self, model, wavelengths_um: Sequence[float], precision: str = "fp32"):
         self.model = model
         self.wavelengths = [float(w) for w in wavelengths_um]
+        self.precision = resolve_precision(precision)
         self._kernel = None
+        self._int8_blocks = None
+
+    def _blocks(self, device):
+        """The transformer blocks to run: the model's, or (int8) their quantised copy, made once."""
+        import torch
+
+        if self.precision != "int8":
+            return self.model.blocks
+        if device.type != "cpu":
+            raise EcoalignInputError(f"precision int8 runs on CPU only (torch dynamic quantisation), not on {device}",
+                                     where="--precision / precision=", expected="bf16 or fp32 on a GPU")
+        if self._int8_blocks is None:
+            import warnings
+
+            from torch.ao.quantization import quantize_dynamic
+
+            with warnings.catch_warnings():  # torch 2.14 flags torch.ao.quantization (still shipped) as deprecated
+                warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
+                                        category=DeprecationWarning)
+                warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*", category=UserWarning)
+                self._int8_blocks = quantize_dynamic(torch.nn.ModuleList(self.model.blocks), {torch.nn.Linear},
+                                                     dtype=torch.qint8, inplace=False).eval()
+            log.debug("DOFA transformer blocks quantised to int8 (dynamic, nn.Linear)")
+        return self._int8_blocks
 
     def _patch_kernel(self, device):
         import torch
@@ -153,8 +229,9 @@ class DOFAFeatures:
         if self._kernel is None or self._kernel[0].device != device:
             pe = self.model.patch_embed
             waves = torch.tensor(self.wavelengths, device=device).float()
-            feats = pe.fclayer(position_embedding(pe.dynamic_embed_dim, waves * 1000))
-            weight, bias = pe.weight_generator(feats)
+            with torch.autocast(device.type, enabled=False):  # the same float32 kernel at every precision
+                feats = pe.fclayer(position_embedding(pe.dynamic_embed_dim, waves * 1000))
+                weight, bias = pe.weight_generator(feats)
             weight = weight.view(len(self.wavelengths), pe.kernel_size, pe.kernel_size, pe.embed_dim)
             weight = weight.permute([3, 0, 1, 2]) * pe.scaler
             bias = bias.view([pe.embed_dim]) * pe.scaler if bias is not None else None
@@ -166,36 +243,61 @@ class DOFAFeatures:
         import torch.nn.functional as F
 
         m = self.model
+        blocks = self._blocks(x.device)
         with torch.inference_mode():
             weight, bias = self._patch_kernel(x.device)
-            x = F.conv2d(x, weight.to(x.dtype), bias=None if bias is None else bias.to(x.dtype),
-                         stride=m.patch_embed.kernel_size, padding=1, dilation=1)
-            x = x.flatten(2).transpose(1, 2) + m.pos_embed[:, 1:, :]
-            cls = (m.cls_token + m.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
-            x = torch.cat((cls, x), dim=1)
-            for block in m.blocks:
-                x = block(x)
-            if m.global_pool:
-                return m.fc_norm(x[:, 1:, :].mean(dim=1))
-            return m.norm(x)[:, 0]
+            # the patch embedding stays float32 at every precision: its generated kernel loses the embedding in
+            # bfloat16 (cosine ~0.6 to fp32 on DOFA-small), and it is a small share of the compute
+            with torch.autocast(x.device.type, enabled=False):
+                x = F.conv2d(x.float(), weight.float(), bias=None if bias is None else bias.float(),
+                             stride=m.patch_embed.kernel_size, padding=1, dilation=1)
+                x = x.flatten(2).transpose(1, 2) + m.pos_embed[:, 1:, :]
+                cls = (m.cls_token + m.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+                x = torch.cat((cls, x), dim=1)
+            # this precision's autocast decides, whatever autocast a caller has opened around it
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                for block in blocks:
+                    x = block(x)
+                out = m.fc_norm(x[:, 1:, :].mean(dim=1)) if m.global_pool else m.norm(x)[:, 0]
+            return out.float()
 
 
 class DOFAEncoder:
     """Frozen DOFA, optionally followed by a trained adapter: a ``WindowEncoder`` of a known band set.
 
-    It carries its wavelengths and band standardisation, so notebook users do not have to."""
+    It carries its wavelengths, band standardisation and precision, so notebook users do not have to. The band
+    statistics are fixed, never taken from whichever raster is read: an adapted encoder's come from its training
+    imagery, a frozen one's are given (``band_mean``/``band_std``) or, left unset, fixed once by the first
+    ``embed`` (``with_band_stats``) or taken from the model bundle by ``map``. Both statistics and precision are
+    part of ``identity()``, so outputs and caches are keyed on them."""
 
     def __init__(self, model, info: BackboneInfo, wavelengths_um: Sequence[float], band_mean=None, band_std=None,
-                 adapter=None, patch_size_m: float | None = None, metadata: dict | None = None):
+                 adapter=None, patch_size_m: float | None = None, metadata: dict | None = None,
+                 precision: str | None = "auto"):
         self.model = model
         self.info = info
         self.wavelengths_um = [float(w) for w in wavelengths_um]
-        self.band_mean = None if band_mean is None else np.asarray(band_mean, np.float32)
-        self.band_std = None if band_std is None else np.asarray(band_std, np.float32)
+        self.band_mean, self.band_std = check_band_stats(band_mean, band_std, len(self.wavelengths_um))
         self.adapter = adapter
         self.patch_size_m = patch_size_m
         self.metadata = metadata or {}
-        self.features = DOFAFeatures(model, self.wavelengths_um)
+        self.precision = resolve_precision(precision)  # fp32 | bf16 | int8: how the frozen backbone computes
+        self.features = DOFAFeatures(model, self.wavelengths_um, self.precision)
+
+    def with_band_stats(self, band_mean, band_std) -> "DOFAEncoder":
+        """The same encoder (shared model and prepared backbone) with fixed band statistics."""
+        other = copy.copy(self)
+        other.band_mean, other.band_std = check_band_stats(band_mean, band_std, len(self.wavelengths_um))
+        return other
+
+    def with_precision(self, precision: str | None) -> "DOFAEncoder":
+        """The same encoder computing at another precision (itself when it is the same)."""
+        value = resolve_precision(precision)
+        if value == self.precision:
+            return self
+        other = copy.copy(self)
+        other.precision, other.features = value, DOFAFeatures(self.model, self.wavelengths_um, value)
+        return other
 
     @property
     def embed_dim(self) -> int:
@@ -249,7 +351,9 @@ class DOFAEncoder:
     def identity(self) -> dict:
         """What produced an embedding: written into output metadata and used in cache keys."""
         out = {"kind": "adapted_dofa" if self.adapter is not None else "dofa", "backbone": self.info.as_dict(),
-               "wavelengths_um": self.wavelengths_um, "embed_dim": self.embed_dim}
+               "wavelengths_um": self.wavelengths_um, "embed_dim": self.embed_dim, "precision": self.precision,
+               "band_mean": None if self.band_mean is None else [float(v) for v in self.band_mean],
+               "band_std": None if self.band_std is None else [float(v) for v in self.band_std]}
         if self.adapter is not None:
             out["adapter_sha256"] = self.metadata.get("adapter_sha256")
             out["run_dir"] = self.metadata.get("run_dir")
@@ -257,5 +361,6 @@ class DOFAEncoder:
 
     def __repr__(self) -> str:
         kind = "adapted" if self.adapter is not None else "frozen"
+        stats = "fixed band statistics" if self.band_mean is not None else "band statistics not yet fixed"
         return (f"DOFAEncoder({kind}, DOFA-{self.info.size}, weights={self.info.weights}"
-                f"{' RANDOM' if self.random_weights else ''}, bands={self.wavelengths_um})")
+                f"{' RANDOM' if self.random_weights else ''}, bands={self.wavelengths_um}, {self.precision}, {stats})")

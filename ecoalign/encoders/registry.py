@@ -10,15 +10,16 @@ from typing import Sequence
 
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.encoders.base import Encoder
-from ecoalign.encoders.dofa import DOFAEncoder, build_dofa
+from ecoalign.encoders.dofa import DOFAEncoder, build_dofa, resolve_precision
 
 
-def _load_adapted(run_dir: Path) -> DOFAEncoder:
+def _load_adapted(run_dir: Path, precision: str | None = "auto") -> DOFAEncoder:
     import torch
 
     from ecoalign.core.io import sha256_file
     from ecoalign.encoders.adapter import ImageAdapter
 
+    resolve_precision(precision)  # a bad value fails before the model is built
     meta_path = run_dir / "encoder" / "encoder.json"
     meta = json.loads(meta_path.read_text())
     bb = meta["backbone"]
@@ -35,7 +36,7 @@ def _load_adapted(run_dir: Path) -> DOFAEncoder:
     adapter.eval().requires_grad_(False)
     meta = {**meta, "run_dir": str(run_dir.resolve()), "adapter_sha256": sha256_file(run_dir / "encoder" / "adapter.pt")}
     return DOFAEncoder(model, info, meta["wavelengths_um"], meta["band_mean"], meta["band_std"], adapter,
-                       meta.get("patch_size_m"), meta)
+                       meta.get("patch_size_m"), meta, precision=precision)
 
 
 ORGANISM_PREFIXES = ("open_clip:", "hf-hub:", "local-dir:", "bioclip")
@@ -48,22 +49,48 @@ def is_organism_encoder(name_or_path) -> bool:
             or str(name_or_path).startswith(ORGANISM_PREFIXES))
 
 
+def configure_encoder(encoder, *, precision: str | None = None, band_mean=None, band_std=None):
+    """An encoder object with the precision and band statistics a user asked for (None: keep the encoder's).
+
+    An adapted encoder keeps the statistics it was trained with: other ones are refused. Encoders that are not
+    DOFA window encoders (organism CLIP) take neither."""
+    if precision is None and band_mean is None and band_std is None:
+        return encoder
+    if not isinstance(encoder, DOFAEncoder):
+        raise EcoalignInputError(f"precision and band statistics apply to DOFA window encoders, not {encoder!r}",
+                                 expected="no --precision/--band-mean/--band-std for this encoder")
+    if band_mean is not None or band_std is not None:
+        if encoder.adapter is not None:
+            raise EcoalignInputError("an adapted encoder standardises bands with the statistics of its training "
+                                     "imagery (encoder/encoder.json); other band_mean/band_std are refused",
+                                     path=encoder.metadata.get("run_dir"), expected="no --band-mean/--band-std")
+        encoder = encoder.with_band_stats(band_mean, band_std)
+    return encoder.with_precision(precision) if precision is not None else encoder
+
+
 def load_encoder(name_or_path, *, size: str = "base", weights: str = "none",
-                 wavelengths_um: Sequence[float] | None = None, band_mean=None, band_std=None) -> Encoder:
+                 wavelengths_um: Sequence[float] | None = None, band_mean=None, band_std=None,
+                 precision: str | None = None) -> Encoder:
     """``"dofa"`` for frozen DOFA (give wavelengths), the directory of an ``ecoalign adapt`` run, or an organism
-    CLIP encoder (a ``train-organism`` run directory, ``open_clip:ARCH`` with ``weights=``, ``bioclip``)."""
+    CLIP encoder (a ``train-organism`` run directory, ``open_clip:ARCH`` with ``weights=``, ``bioclip``).
+
+    DOFA encoders take ``precision`` (``auto``: bf16 on CUDA, else fp32; ``fp32``, ``bf16``, ``int8``) and, when
+    frozen, fixed band statistics ``band_mean``/``band_std`` (one value per band, in the raster's units)."""
     path = Path(str(name_or_path))
     if (path / "encoder" / "encoder.json").exists():
-        return _load_adapted(path)
+        return configure_encoder(_load_adapted(path, precision), band_mean=band_mean, band_std=band_std)
     if is_organism_encoder(name_or_path):
         from ecoalign.encoders.organism import load_organism_encoder
 
-        return load_organism_encoder(name_or_path, weights=None if weights == "none" else weights)
+        encoder = load_organism_encoder(name_or_path, weights=None if weights == "none" else weights)
+        return configure_encoder(encoder, precision=None if precision == "auto" else precision,
+                                 band_mean=band_mean, band_std=band_std)
     if str(name_or_path) == "dofa":
         if wavelengths_um is None:
             raise EcoalignInputError("frozen DOFA needs the band wavelengths", expected="wavelengths_um=[...] in µm")
+        resolve_precision(precision)  # a bad value fails before the model is built
         model, info = build_dofa(size, weights)
-        return DOFAEncoder(model, info, wavelengths_um, band_mean, band_std)
+        return DOFAEncoder(model, info, wavelengths_um, band_mean, band_std, precision=precision)
     raise EcoalignInputError(f"unknown encoder '{name_or_path}'",
                              expected="'dofa', an ecoalign adapt run directory (holding encoder/encoder.json), "
                                       "a train-organism run directory, or open_clip:ARCH")

@@ -82,16 +82,44 @@ def predict_features(model, task: str, X) -> np.ndarray:
     return np.asarray(model.predict_proba(X), dtype=np.float64)
 
 
+def output_bands(plan: MapPlan) -> list[tuple[str, str]]:
+    """(species, kind) of each band a block holds: the prediction of every target (kind ``probability``, or
+    ``value`` for abundance models), then, when ``plan.extra["spread"]``, the ensemble's standard deviation of
+    every target (kind ``sd``)."""
+    kind = "value" if plan.task == "abundance" else "probability"
+    bands = [(t, kind) for t in plan.targets]
+    if plan.extra.get("spread"):
+        bands += [(t, "sd") for t in plan.targets]
+    return bands
+
+
+def predict_outputs(model, plan: MapPlan, X) -> np.ndarray:
+    """(n, bands) in the order of ``output_bands``: ``predict_features`` of the plan's targets, then their spread.
+    Plans without ``extra["outputs"]`` (``plan_map`` alone, e.g. the xarray accessor) give every model target."""
+    if not plan.extra.get("outputs"):
+        return predict_features(model, plan.task, X)
+    from ecoalign.sdm.outputs import predict_with_spread
+
+    values, sd = predict_with_spread(model, plan.task, X, species=plan.targets, spread=plan.extra.get("spread"))
+    if plan.extra.get("spread"):
+        if sd is None:
+            raise EcoalignInputError("the plan asks for the ensemble's spread but the model gives none",
+                                     path=plan.bundle, expected="a plan made by map_raster for this bundle")
+        values = np.concatenate([values, sd], axis=1)
+    return values
+
+
 def predict_block(plan: MapPlan, data: BlockInput, *, encoder=None, model=None, batch_size: int = 32,
                   device=None, autocast: bool = False) -> np.ndarray:
-    """(targets, h, w) float32 of one block from its input; nodata for invalid windows or env-raster gaps."""
+    """(bands, h, w) float32 of one block from its input (``output_bands``: one per target, plus the ensemble's
+    spread when the plan asks); nodata for invalid windows or env-raster gaps."""
     import geopandas as gpd
     import pandas as pd
 
     from ecoalign.sdm.sites import sample_rasters
 
     block = data.block
-    out = np.full((len(plan.targets), block.height, block.width), plan.nodata, dtype=np.float32)
+    out = np.full((len(output_bands(plan)), block.height, block.width), plan.nodata, dtype=np.float32)
     rows, cols = np.nonzero(data.valid_windows)
     if len(rows) == 0:
         return out
@@ -109,11 +137,12 @@ def predict_block(plan: MapPlan, data: BlockInput, *, encoder=None, model=None, 
         parts.append(env.reset_index(drop=True))
     X = pd.concat(parts, axis=1)[plan.features]
     if keep.any():
-        pred = predict_features(model, plan.task, X[keep])
+        pred = predict_outputs(model, plan, X[keep])
         out[:, rows[keep], cols[keep]] = pred.T.astype(np.float32)
     return out
 
 
 def compute_block(plan: MapPlan, block: Block, *, encoder=None, model=None, batch_size: int = 32) -> np.ndarray:
-    """(targets, h, w) float32 for one block; loads encoder/model from the plan (cached per process) when not given."""
+    """(bands, h, w) float32 for one block (``output_bands``); loads encoder/model from the plan (cached per
+    process) when not given."""
     return predict_block(plan, read_block(plan, block), encoder=encoder, model=model, batch_size=batch_size)

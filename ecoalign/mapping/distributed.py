@@ -39,6 +39,27 @@ def _connect(scheduler: str, timeout_s: float):
 
 
 @contextmanager
+def _environ_kept():
+    """A LocalCluster's nannies run in this process and set their workers' variables (OMP_NUM_THREADS=1, ...) in
+    its ``os.environ``, where Dask leaves them: restored on exit, so later subprocesses are not single-threaded."""
+    import os
+
+    import dask
+
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}) \
+        | set(dask.config.get("distributed.nanny.environ", None) or {})
+    before = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None, *,
                 connect_timeout_s: float = CONNECT_TIMEOUT_S):
     """A dask.distributed Client: to a running scheduler (``scheduler``) or to a LocalCluster of ``workers``
@@ -58,8 +79,9 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, *,
     if not isinstance(workers, numbers.Integral) or workers < 1:
         raise EcoalignInputError(f"workers={workers!r}",
                                  expected="a number of local worker processes >= 1, or a scheduler address")
-    with LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as client:
+    with _environ_kept(), LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=":0") as cluster, \
+            Client(cluster, set_as_default=False) as client:
         yield client
 
 

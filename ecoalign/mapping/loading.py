@@ -9,21 +9,23 @@ from typing import Sequence
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import sha256_file
 from ecoalign.encoders.base import Encoder
-from ecoalign.encoders.registry import load_encoder
+from ecoalign.encoders.registry import configure_encoder, load_encoder
 from ecoalign.mapping.plan import MapPlan
 
 _PROCESS_CACHE: dict[str, object] = {}
 
 
 def resolve_encoder(encoder, wavelengths_um: Sequence[float] | None = None, bundle=None,
-                    weights: str | None = None) -> Encoder:
+                    weights: str | None = None, *, precision: str | None = None, band_mean=None,
+                    band_std=None) -> Encoder:
     """An encoder object from an object, an adapt run directory, or ``dofa``/``dofa-small``/``dofa-base``; frozen
-    DOFA takes its size, weights and wavelengths from the bundle's encoder unless given."""
+    DOFA takes its size, weights, wavelengths and band statistics from the bundle's encoder unless given.
+    ``precision``, ``band_mean``/``band_std``: see ``ecoalign.encoders.registry.configure_encoder`` (None keeps)."""
     if not isinstance(encoder, (str, Path)):
-        return encoder
+        return configure_encoder(encoder, precision=precision, band_mean=band_mean, band_std=band_std)
     name = str(encoder)
     if not name.startswith("dofa") or Path(name).exists():
-        return load_encoder(encoder)
+        return load_encoder(encoder, precision=precision, band_mean=band_mean, band_std=band_std)
     trained = {}
     if bundle is not None:
         from ecoalign.sdm.fitting import load_bundle
@@ -38,7 +40,11 @@ def resolve_encoder(encoder, wavelengths_um: Sequence[float] | None = None, bund
                                      path=bundle, expected="--weights /path/to/that checkpoint")
         weights = label.rsplit(".", 1)[-1]
     wavelengths_um = wavelengths_um or trained.get("wavelengths_um")
-    return load_encoder("dofa", size=size, weights=weights, wavelengths_um=wavelengths_um)
+    same_bands = list(wavelengths_um or []) == list(trained.get("wavelengths_um") or [])
+    if band_mean is None and band_std is None and same_bands:
+        band_mean, band_std = trained.get("band_mean"), trained.get("band_std")  # those `embed` fixed for `fit`
+    return load_encoder("dofa", size=size, weights=weights, wavelengths_um=wavelengths_um, band_mean=band_mean,
+                        band_std=band_std, precision=precision)
 
 
 def cached(key: str, build):
@@ -57,10 +63,10 @@ def encoder_from_plan(plan: MapPlan) -> Encoder:
 
     def build():
         if "run_dir" in src:
-            enc = load_encoder(src["run_dir"])
+            enc = load_encoder(src["run_dir"], precision=src.get("precision"))
         else:
             enc = load_encoder("dofa", size=src["size"], weights=src["weights"], wavelengths_um=src["wavelengths_um"],
-                               band_mean=src["band_mean"], band_std=src["band_std"])
+                               band_mean=src["band_mean"], band_std=src["band_std"], precision=src.get("precision"))
         if plan.encoder_identity is not None and enc.identity() != plan.encoder_identity:
             raise EcoalignInputError("the encoder rebuilt in this worker differs from the one planned",
                                      expected=json.dumps(plan.encoder_identity)[:200])

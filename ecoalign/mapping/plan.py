@@ -7,10 +7,16 @@ worker) computes any block from it.
 
 CRS policy: the raster must be in the CRS the model was fitted in (``bundle.json`` ``crs``). Windows are not
 reprojected: resampling imagery changes the embeddings, so a mismatch is refused with the ``gdalwarp`` command to run.
+
+Band standardisation belongs to the encoder, never to the raster mapped: a map uses the encoder's fixed statistics
+(an adapted encoder's, or those given for frozen DOFA), else those recorded in the bundle's encoder identity (the
+ones ``embed`` fixed for the table the model was fitted on). Only ``plan_windows`` on its own (window embeddings,
+the accessor's grid) fixes missing statistics once from the raster it embeds, as ``embed`` does, and records them.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +28,8 @@ from ecoalign.aerial.embed import EMBED_PREFIX
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.data.patches import band_stats, open_rasters
 from ecoalign.encoders.base import WindowEncoder
+
+log = logging.getLogger(__name__)
 
 NODATA = -9999.0
 MAX_INPUT_SIDE_PX = 1024  # input pixels per block side: a block holds bands x side^2 float32 (16 MB for 4 bands)
@@ -87,17 +95,16 @@ class MapPlan:
 def _encoder_source(encoder, spec) -> dict | None:
     """How a worker rebuilds the same encoder (``ecoalign.mapping.loading.encoder_from_plan``); None when it
     cannot (then pass the encoder object itself)."""
-    if isinstance(spec, (str, Path)):
-        path = Path(str(spec))
-        if (path / "encoder" / "encoder.json").exists():
-            return {"run_dir": str(path.resolve())}
     adapter, metadata = getattr(encoder, "adapter", None), getattr(encoder, "metadata", None) or {}
+    precision = getattr(encoder, "precision", None)
+    if isinstance(spec, (str, Path)) and (Path(str(spec)) / "encoder" / "encoder.json").exists():
+        return {"run_dir": str(Path(str(spec)).resolve()), "precision": precision}
     if adapter is not None and metadata.get("run_dir"):
-        return {"run_dir": metadata["run_dir"]}
+        return {"run_dir": metadata["run_dir"], "precision": precision}
     weights = encoder.info.weights
     if adapter is None and (weights == "none" or weights.startswith("DOFA")):
         return {"name": "dofa", "size": encoder.info.size, "weights": weights.rsplit(".", 1)[-1],
-                "wavelengths_um": encoder.wavelengths_um,
+                "wavelengths_um": encoder.wavelengths_um, "precision": precision,
                 "band_mean": None if encoder.band_mean is None else encoder.band_mean.tolist(),
                 "band_std": None if encoder.band_std is None else encoder.band_std.tolist()}
     return None
@@ -124,6 +131,41 @@ def _check_encoder_matches_bundle(encoder, meta: dict, bundle: Path) -> None:
         if tb.get(key) != mb.get(key):
             raise EcoalignInputError(f"the model was fitted on embeddings of another backbone ({key}: {tb.get(key)} "
                                      f"vs {mb.get(key)})", path=bundle, expected="the same DOFA size and weights")
+    for key in ("band_mean", "band_std"):
+        theirs, ours = trained.get(key), mine.get(key)
+        if theirs is not None and ours is not None and not np.allclose(theirs, ours, rtol=1e-5, atol=0):
+            raise EcoalignInputError(
+                f"the model was fitted on embeddings standardised with other band statistics ({key}: "
+                f"{_short(theirs)} in the bundle vs {_short(ours)} of this encoder)", path=bundle / "bundle.json",
+                expected="the statistics `embed` used (leave --band-mean/--band-std unset to take the bundle's)")
+    if trained.get("precision") and mine.get("precision") and trained["precision"] != mine["precision"]:
+        log.info("the model was fitted on %s embeddings; this map embeds at %s", trained["precision"],
+                 mine["precision"])
+
+
+def _short(values) -> str:
+    return "[" + ", ".join(f"{float(v):.6g}" for v in values) + "]"
+
+
+def _standardised_for_bundle(encoder, meta: dict, bundle: Path, uses_embeddings: bool):
+    """The encoder with fixed band statistics for this map: its own, else the bundle's (those `embed` fixed).
+    Never the mapped raster's: the same ground gets the same values in any raster (no seams between tiles)."""
+    if encoder.band_mean is not None:
+        return encoder
+    trained = meta.get("encoder") or {}
+    if trained.get("band_mean") is not None and trained.get("band_std") is not None:
+        log.info("band statistics from the model bundle (those `embed` fixed): mean %s, std %s",
+                 _short(trained["band_mean"]), _short(trained["band_std"]))
+        return encoder.with_band_stats(trained["band_mean"], trained["band_std"])
+    if not uses_embeddings:  # an environmental-raster model: no window is embedded
+        return encoder.with_band_stats(np.zeros(len(encoder.wavelengths_um)), np.ones(len(encoder.wavelengths_um)))
+    raise EcoalignInputError(
+        "frozen DOFA has no band statistics and the bundle records none (fitted on embeddings made before "
+        "ecoalign stored them); a map never standardises with the statistics of the raster it maps",
+        path=bundle / "bundle.json",
+        expected="the statistics the embeddings were made with (an older `embed` used those of all its --raster "
+                 "files: ecoalign.data.patches.band_stats): --band-mean M1,M2,... --band-std S1,S2,... "
+                 "(Python: band_mean=, band_std=), or re-run `ecoalign embed` and `ecoalign fit`")
 
 
 def _check_band_wavelengths(path: Path, src, wavelengths_um: Sequence[float]) -> None:
@@ -222,13 +264,15 @@ def plan_windows(encoder, raster, *, window_m: float | None = None, stride_m: fl
     block_px = int(block_px or _block_px(window_px, stride_px))
     blocks = [Block(r, c, min(block_px, height - r), min(block_px, width - c))
               for r in range(0, height, block_px) for c in range(0, width, block_px)]
-    if encoder.band_mean is not None:
-        mean, std = encoder.band_mean, encoder.band_std
-    else:
+    if encoder.band_mean is None:  # fixed once from the raster being embedded and recorded, as `embed` does
         try:
-            mean, std = band_stats([source])  # the same standardisation embed_points applies
+            mean, std = band_stats([source])
+            log.info("frozen DOFA has no band statistics: fixed from %s (mean %s, std %s) and recorded in the "
+                     "encoder identity; pass band_mean/band_std to choose them", raster.name, _short(mean), _short(std))
         except EcoalignInputError:  # no valid pixel at all: every window is nodata, nothing is embedded
             mean, std = np.zeros(source.count, np.float32), np.ones(source.count, np.float32)
+        encoder = encoder.with_band_stats(mean, std)
+    mean, std = encoder.band_mean, encoder.band_std
     return MapPlan(
         raster=str(raster.resolve()), env_rasters=[], window_px=int(window_px), stride_px=int(stride_px),
         window_m=window_m, max_nodata_fraction=float(max_nodata_fraction), input_nodata=source.nodata,
@@ -255,7 +299,11 @@ def plan_map(encoder, model, raster, *, env_rasters: Sequence = (), stride_m: fl
 
     bundle = Path(model)
     model_obj, meta = load_bundle(bundle)
+    _check_window_encoder(encoder)
     _check_encoder_matches_bundle(encoder, meta, bundle)
+    features = list(meta["features"])
+    uses_embeddings = any(f.startswith(EMBED_PREFIX) for f in features)
+    encoder = _standardised_for_bundle(encoder, meta, bundle, uses_embeddings)
     trained_window = meta.get("patch_size_m")
     plan = plan_windows(encoder, raster, window_m=window_m or trained_window, stride_m=stride_m, block_px=block_px,
                         max_nodata_fraction=max_nodata_fraction, encoder_spec=encoder_spec)
@@ -270,8 +318,6 @@ def plan_map(encoder, model, raster, *, env_rasters: Sequence = (), stride_m: fl
             f"the raster is in {crs.to_string()} but the model was fitted in {epsg}; windows are not "
             f"reprojected because resampled imagery gives other embeddings", path=raster,
             expected=f"a raster in {epsg} (e.g. gdalwarp -t_srs {epsg} -r bilinear in.tif out.tif)")
-    features = list(meta["features"])
-    uses_embeddings = any(f.startswith(EMBED_PREFIX) for f in features)
     envs = _env_rasters(meta, env_rasters)
     known = {f"{EMBED_PREFIX}{j:03d}" for j in range(encoder.embed_dim)} | {r["name"] for r in envs}
     unknown = [f for f in features if f not in known]

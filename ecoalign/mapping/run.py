@@ -1,8 +1,10 @@
 """``ecoalign map``: a fitted species model over a whole raster, streamed block by block into a Cloud-Optimized
 GeoTIFF: plan (``plan``), compute blocks here or on Dask workers (``blocks``, ``distributed``), write and resume
-(``writer``)."""
+(``writer``). The options that shape the output (species, spread bands, presence thresholds) travel in
+``plan.extra``, so they reach Dask workers and the resume fingerprint with the plan."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -12,7 +14,12 @@ from ecoalign.mapping.blocks import BlockInput, predict_block, read_block
 from ecoalign.mapping.distributed import compute_blocks
 from ecoalign.mapping.loading import resolve_encoder
 from ecoalign.mapping.plan import Block, MapPlan, plan_map
-from ecoalign.mapping.writer import PartialMap, write_quicklook
+from ecoalign.mapping.writer import (
+    PRESENCE_NODATA,
+    PartialMap,
+    presence_path,
+    write_quicklook,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,43 +56,109 @@ def _device_setup(encoder, device):
     return (None if device.type == "cpu" else device), device.type == "cuda"
 
 
+def _presence(meta: dict, targets: list[str], rule, presence: bool, bundle, out: Path) -> dict:
+    """``plan.extra["presence"]``: the thresholds of the presence map, or why none is written. Asked for
+    explicitly (``threshold_rule``), a rule the bundle cannot serve is an error; by default (the bundle's
+    max-TSS thresholds) the map is written without presence and its metadata says why."""
+    from ecoalign.sdm.outputs import presence_thresholds
+
+    if not presence:
+        if rule is not None:
+            raise EcoalignInputError(f"a threshold rule ({rule!r}) but no presence map asked for",
+                                     where="--threshold-rule", expected="--threshold-rule or --no-presence, not both")
+        return {"written": False, "reason": "not asked for (--no-presence)"}
+    try:
+        spec = presence_thresholds(meta, targets, rule, bundle)
+    except EcoalignInputError as exc:
+        if rule is not None:
+            raise
+        (log.info if meta.get("task") == "abundance" else log.warning)("no presence map: %s", exc)
+        return {"written": False, "reason": str(exc)}
+    return {"written": True, "file": presence_path(out).name, "nodata": PRESENCE_NODATA, **spec}
+
+
+def _outputs(plan: MapPlan, fitted, targets: list[str], uncertainty: bool, presence: dict) -> MapPlan:
+    """The plan restricted to ``targets``, with the spread bands and presence thresholds in ``extra`` (and so in
+    the resume fingerprint and in what Dask workers get)."""
+    from ecoalign.sdm.outputs import spread_info
+
+    absent = [t for t in targets if t not in plan.targets]
+    if absent:
+        raise EcoalignInputError(f"bundle.json names species {absent[:5]} that its model does not predict",
+                                 path=plan.bundle, expected="a bundle written by `ecoalign fit` (fit it again)")
+    if uncertainty:
+        spread = spread_info(fitted)
+        if not spread["available"]:
+            log.info("no uncertainty bands: %s", spread["reason"])
+    else:
+        spread = {"available": False, "reason": "not asked for (--no-uncertainty)"}
+    return dataclasses.replace(plan, targets=list(targets), extra={
+        **plan.extra, "outputs": True, "spread": bool(spread["available"]), "uncertainty": spread,
+        "presence": presence})
+
+
 def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), stride_m: float | None = None,
                batch_size: int = 32, overwrite: bool = False, scheduler: str | None = None, workers: int | None = None,
                quicklook: bool = True, progress: bool = True, max_nodata_fraction: float = 0.5,
                block_px: int | None = None, wavelengths_um: Sequence[float] | None = None, weights: str | None = None,
-               device=None) -> Path:
-    """Map a species-model bundle over a raster into a COG (one band per target); resumes a killed run.
+               device=None, species: Sequence[str] | None = None, threshold_rule: str | float | None = None,
+               presence: bool = True, uncertainty: bool = True, precision: str | None = None, band_mean=None,
+               band_std=None) -> Path:
+    """Map a species-model bundle over a raster into a COG; resumes a killed run. Returns the COG's path.
+
+    Outputs (see ``ecoalign.mapping.writer``): ``out`` (float32: one band per species, then for ensembles one
+    ``"<species>: sd"`` band each with the spread between the members), ``<stem>_presence.tif`` (uint8, 1/0,
+    nodata 255) and ``<stem>_quicklook.png``.
 
     ``encoder``: an encoder object, an adapt run directory, or ``dofa``/``dofa-small``/``dofa-base`` (size, weights
     and wavelengths default to the bundle's encoder; ``weights`` is a torchgeo enum name or a checkpoint path).
     ``scheduler`` (a dask address) or ``workers=N`` computes blocks with ``ecoalign.mapping.distributed``; this process
     always writes, so the output is the same file as the single-process one.
+    ``species``: names of the bundle's species to map (default all), in that order.
+    ``threshold_rule``: the presence threshold: a rule stored in the bundle (``max_tss``, ``equal_sens_spec``,
+    ``p10_presence``) or a number in [0, 1]; default the bundle's ``max_tss``, and without stored thresholds
+    no presence map (the metadata says why); a rule asked for that the bundle lacks is an error before any work.
+    ``presence=False`` writes no presence map; ``uncertainty=False`` no spread bands.
+    ``precision`` (fp32 | bf16 | int8 | auto), ``band_mean``/``band_std``: the encoder's numeric precision and fixed
+    band statistics (default: the encoder's, else those recorded in the bundle; never the mapped raster's).
     """
     from tqdm.auto import tqdm
+
+    from ecoalign.sdm.fitting import load_bundle, read_bundle_meta
+    from ecoalign.sdm.outputs import select_species
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise EcoalignInputError("the output exists", path=out, expected="another --out, or --overwrite to replace it")
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise EcoalignInputError("the output must be a GeoTIFF", path=out, expected="a path ending in .tif")
+    meta = read_bundle_meta(model)
+    targets = select_species(meta, species, model)
+    presence_spec = _presence(meta, targets, threshold_rule, presence, model, out)
+    presence_out = presence_path(out)
+    if presence_spec["written"] and presence_out.exists() and not overwrite \
+            and not out.with_name(out.name + ".partial").exists():  # a resumed run finalises it again
+        raise EcoalignInputError("the presence map exists", path=presence_out,
+                                 expected="another --out, or --overwrite to replace it")
     spec = encoder
-    encoder = resolve_encoder(encoder, wavelengths_um, model, weights)
+    encoder = resolve_encoder(encoder, wavelengths_um, model, weights, precision=precision, band_mean=band_mean,
+                              band_std=band_std)
     plan = plan_map(encoder, model, raster, env_rasters=env_rasters, stride_m=stride_m, block_px=block_px,
                     max_nodata_fraction=max_nodata_fraction, encoder_spec=spec)
+    fitted = load_bundle(plan.bundle)[0]
+    plan = _outputs(plan, fitted, targets, uncertainty, presence_spec)
     partial = PartialMap(out, plan)
     done = partial.open()
     todo = [b for b in plan.blocks if b.key not in done]
-    log.info("map %dx%d px (%d target(s), window %g m = %d px, stride %d px) in %d block(s); %d already done%s",
-             plan.width, plan.height, len(plan.targets), plan.window_m, plan.window_px, plan.stride_px,
-             len(plan.blocks), len(done), f", resuming from {partial.dir}" if done else "")
+    log.info("map %dx%d px (%d target(s)%s, window %g m = %d px, stride %d px) in %d block(s); %d already done%s",
+             plan.width, plan.height, len(plan.targets), " with spread bands" if plan.extra["spread"] else "",
+             plan.window_m, plan.window_px, plan.stride_px, len(plan.blocks), len(done),
+             f", resuming from {partial.dir}" if done else "")
     bar = tqdm(total=len(plan.blocks), initial=len(plan.blocks) - len(todo), unit="block", disable=not progress,
                desc="ecoalign map")
     if scheduler is not None or workers:
         results = compute_blocks(plan, todo, scheduler=scheduler, workers=workers, batch_size=batch_size)
     else:
-        from ecoalign.sdm.fitting import load_bundle
-
-        fitted = load_bundle(plan.bundle)[0]
         dev, autocast = _device_setup(encoder, device)
         results = ((d.block, predict_block(plan, d, encoder=encoder, model=fitted, batch_size=batch_size,
                                            device=dev, autocast=autocast)) for d in _prefetched(plan, todo))
@@ -94,6 +167,15 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
         bar.update(1)
     bar.close()
     partial.finalise(out)
+    if presence_spec["written"]:
+        log.info("presence map (%s thresholds): %s", presence_spec["rule"], presence_out)
+    elif presence_out.exists():
+        if overwrite:  # it belongs to the map just replaced
+            presence_out.unlink()
+            log.info("removed %s, the presence map of the replaced map", presence_out)
+        else:
+            log.warning("%s is not from this run (no presence map written: %s)", presence_out,
+                        presence_spec["reason"])
     if quicklook:
         png = write_quicklook(out)
         log.info("quicklook: %s", png)

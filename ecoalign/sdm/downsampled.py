@@ -91,18 +91,34 @@ class DownsampledBagging(ClassifierMixin, BaseEstimator):
         v = tree.value.reshape(tree.node_count, -1)[:, :2]
         return v[:, 1] / np.maximum(v.sum(axis=1), 1e-12)
 
-    def predict_proba(self, X) -> np.ndarray:
+    def _bags(self, X, squares: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean over bags of the presence probability, and the mean of its squares when asked."""
         check_is_fitted(self, "estimators_")
         X = np.ascontiguousarray(X, dtype=np.float32)
         p = np.zeros(len(X))
+        sq = np.zeros(len(X)) if squares else None
         leaves = getattr(self, "leaf_presence_", [None] * len(self.estimators_))
         for est, leaf in zip(self.estimators_, leaves):
             if self.base == "tree":  # the fitted tree structure directly, skipping per-call validation
-                p += leaf[est.tree_.apply(X)]
+                q = leaf[est.tree_.apply(X)]
             else:
-                p += est.predict_proba(X)[:, 1]
+                q = est.predict_proba(X)[:, 1]
+            p += q
+            if squares:
+                sq += q * q
         p /= len(self.estimators_)
+        if squares:
+            sq /= len(self.estimators_)
+        return p, sq
+
+    def predict_proba(self, X) -> np.ndarray:
+        p, _ = self._bags(X, squares=False)
         return np.column_stack([1.0 - p, p])
+
+    def predict_proba_and_spread(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(``predict_proba`` (n, 2), (n,) standard deviation of the presence probability between the bags)."""
+        p, sq = self._bags(X, squares=True)
+        return np.column_stack([1.0 - p, p]), np.sqrt(np.maximum(sq - p * p, 0.0))
 
     def predict(self, X) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)

@@ -222,17 +222,36 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
                          for m, model, quant in self.components_ if m in self.selected_])
 
     # -------------------------------------------------------------- predict
-    def predict_proba(self, X) -> np.ndarray:
-        """Relative suitability in [0, 1] (share of the landscape sample scored lower), (n, len(species_))."""
-        components = self._components(X)
+    @staticmethod
+    def _mean(components: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():  # species no selected fold model has: 0 below
             warnings.filterwarnings("ignore", message=_EMPTY_MEAN, category=RuntimeWarning)
             out = np.nanmean(components, axis=0)
         return np.nan_to_num(out, nan=0.0)
 
-    def predict_spread(self, X) -> np.ndarray:
-        """Standard deviation of the committee's scores, (n, len(species_)): the ensemble's uncertainty."""
-        components = self._components(X)
+    @staticmethod
+    def _sd(components: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():  # one or no fold model for a species: spread 0
             warnings.filterwarnings("ignore", message=_EMPTY_STD, category=RuntimeWarning)
             return np.nan_to_num(np.nanstd(components, axis=0), nan=0.0)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Relative suitability in [0, 1] (share of the landscape sample scored lower), (n, len(species_))."""
+        return self._mean(self._components(X))
+
+    def predict_spread(self, X) -> np.ndarray:
+        """Standard deviation of the committee's scores, (n, len(species_)): the ensemble's uncertainty."""
+        return self._sd(self._components(X))
+
+    def predict_with_spread(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(``predict_proba``, ``predict_spread``) from one pass over the committee (each fold model predicts once)."""
+        components = self._components(X)
+        return self._mean(components), self._sd(components)
+
+    def spread_info(self) -> dict:
+        """What ``predict_spread`` is the spread of (``ecoalign.sdm.outputs.spread_info``)."""
+        check_is_fitted(self, "components_")
+        n = sum(1 for m, _, _ in self.components_ if m in self.selected_)
+        return {"available": True, "statistic": "sd", "members": int(n),
+                "over": f"the spatial-fold committee ({n} fold models of {', '.join(self.selected_)}), "
+                        "on the suitability scale"}

@@ -16,8 +16,10 @@ import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
 
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.sdm.downsampled import DownsampledBagging
 from ecoalign.sdm.species_model import (
     SpeciesModelMixin,
     TrainingRowsNote,
@@ -323,3 +325,67 @@ class MultiSpeciesModel(SpeciesModelMixin, BaseEstimator):
     def _predict_values(self, X) -> np.ndarray:
         Xk = self._features(X)
         return np.column_stack([np.asarray(self.estimators_[s].predict(Xk), dtype=float) for s in self.species_])
+
+    # ----------------------------------------------------------- uncertainty
+    def spread_info(self) -> dict:
+        """Whether the per-species estimators are ensembles whose members' spread can be reported."""
+        check_is_fitted(self, "estimators_")
+        est = next(iter(self.estimators_.values()))
+        name = self.estimator if isinstance(self.estimator, str) else type(self.estimator).__name__
+        n = len(getattr(est, "estimators_", ()))
+        if isinstance(est, DownsampledBagging):
+            return {"available": True, "statistic": "sd", "members": n,
+                    "over": f"the {n} down-sampled bags of each species' {name} model"}
+        if _is_forest(est):
+            return {"available": True, "statistic": "sd", "members": n,
+                    "over": f"the {n} bootstrap trees of each species' random forest"}
+        return {"available": False,
+                "reason": f"{name}: one model per species, not an ensemble, so there is no spread between members"}
+
+    def predict_with_spread(self, X, species: Sequence[str] | None = None,
+                            spread: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n, k) probabilities of presence (abundances for task='abundance') of ``species`` (default all fitted
+        species, in ``species_`` order) and, when ``spread`` and the estimators are ensembles (see
+        :meth:`spread_info`), the standard deviation between their members; the values equal ``predict_proba``
+        (``predict``) bit for bit."""
+        names = list(self.species_) if species is None else [self.species_[self._species_index(s)] for s in species]
+        Xk = self._features(X)
+        spread = spread and self.spread_info()["available"]
+        values, sds = [], []
+        for s in names:
+            v, sd = _value_and_spread(self.estimators_[s], Xk, self.task, spread)
+            values.append(v)
+            sds.append(sd)
+        return np.column_stack(values), (np.column_stack(sds) if spread else None)
+
+
+def _is_forest(est) -> bool:
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        ExtraTreesRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+
+    return isinstance(est, (RandomForestClassifier, RandomForestRegressor, ExtraTreesClassifier, ExtraTreesRegressor))
+
+
+def _value_and_spread(est, X: np.ndarray, task: str, spread: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """One species' prediction as ``predict_proba``/``predict`` give it, and the sd between its ensemble's members."""
+    if task == "presence" and spread and isinstance(est, DownsampledBagging):
+        proba, sd = est.predict_proba_and_spread(X)
+        return proba[:, 1], sd
+    value = _proba_of_presence(est, X) if task == "presence" else np.asarray(est.predict(X), dtype=float)
+    if not spread:
+        return value, None
+    if not _is_forest(est):
+        raise EcoalignInputError(f"{type(est).__name__} has no members to take a spread over", where="spread",
+                                 expected="a down-sampled bagging model or a random forest")
+    idx = list(est.classes_).index(1) if task == "presence" else None
+    m, sq = np.zeros(len(X)), np.zeros(len(X))
+    for tree in est.estimators_:  # each tree's own prediction, as the forest averages them
+        q = tree.predict_proba(X)[:, idx] if task == "presence" else tree.predict(X)
+        m += q
+        sq += q * q
+    m /= len(est.estimators_)
+    return value, np.sqrt(np.maximum(sq / len(est.estimators_) - m * m, 0.0))
