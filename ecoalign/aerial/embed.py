@@ -101,6 +101,30 @@ def _file_fingerprint(path: Path) -> dict:
     return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _sources(rasters, wavelengths_um):
+    """(the rasters, the sources to read windows from). A glob (``tiles/*.tif``) gives its tiles. Several rasters
+    in one CRS, with the same bands, resolution and pixel grid are tiles of one mosaic, read through a VRT
+    (``ecoalign.data.mosaic``) so that windows across tile edges are whole; others are read one by one (a window
+    from the first raster holding its centre). Band statistics and cache keys always come from the rasters."""
+    from ecoalign.data.mosaic import check_tiles, expand_tiles, is_glob, resolve_raster
+    from ecoalign.data.patches import open_rasters
+
+    rasters = [rasters] if isinstance(rasters, (str, Path)) else list(rasters)
+    paths = [p for r in rasters for p in expand_tiles(r, "--raster")]
+    sources = open_rasters(paths, wavelengths_um)
+    if len(paths) < 2:
+        return sources, sources
+    try:
+        check_tiles(paths)
+    except EcoalignInputError as exc:
+        if any(is_glob(str(r)) for r in rasters):  # a glob means tiles of one mosaic
+            raise
+        log.info("the %d rasters are read one by one, not as a mosaic (%s)", len(paths), exc)
+        return sources, sources
+    vrt, _ = resolve_raster(paths, "--raster")
+    return sources, open_rasters([vrt], wavelengths_um)
+
+
 def _prepare(points, rasters: Sequence[str | Path], encoder, *, patch_size_m: float | None,
              max_nodata_fraction: float, batch_size: int, id_column: str, progress: bool):
     from ecoalign.aerial.backbone_cache import build_backbone_cache
@@ -125,7 +149,7 @@ def _prepare(points, rasters: Sequence[str | Path], encoder, *, patch_size_m: fl
         raise EcoalignInputError(f"{encoder!r} does not embed multispectral raster windows",
                                  expected="an image-window encoder: 'dofa' or an `ecoalign adapt` run directory "
                                           "(organism photos: `ecoalign embed-images`)")
-    sources = open_rasters([Path(r) for r in rasters], encoder.wavelengths_um)
+    sources, read_sources = _sources(rasters, encoder.wavelengths_um)
     stats_from = None
     if encoder.band_mean is None:  # fixed once, from all rasters of this call, and recorded (never per raster)
         encoder = encoder.with_band_stats(*band_stats(sources))
@@ -144,7 +168,9 @@ def _prepare(points, rasters: Sequence[str | Path], encoder, *, patch_size_m: fl
     precision = getattr(encoder, "precision", "fp32")
     if precision != "fp32":  # fp32 keeps the key caches had before precisions existed; bf16/int8 get their own
         key["precision"] = precision
-    with PatchReader(sources, size_m=size_m, out_px=encoder.input_px, max_nodata_fraction=max_nodata_fraction,
+    if read_sources is not sources:
+        key["mosaic"] = True  # windows across tile edges differ from those of separately read rasters
+    with PatchReader(read_sources, size_m=size_m, out_px=encoder.input_px, max_nodata_fraction=max_nodata_fraction,
                      mean=mean, std=std) as reader:
         cache = build_backbone_cache(reader=reader, features=encoder.features, plot_ids=ids, centres=centres,
                                      views=["identity"], key_parts=key, cache_root=cache_dir() / "embeddings",

@@ -11,7 +11,8 @@ def register(sub) -> dict:
     p.add_argument("--size", default="base", help="frozen DOFA size")
     p.add_argument("--manifest", help="take points (plots) and rasters (imagery) from a data-set manifest")
     p.add_argument("--points", help="points/plots file: GeoPackage, GeoParquet, or CSV (with --crs)")
-    p.add_argument("--raster", action="append", default=[], help="GeoTIFF (repeat for several)")
+    p.add_argument("--raster", action="append", default=[], help="GeoTIFF or .vrt (repeat for several), or a quoted glob of tiles ('tiles/*.tif'); tiles in one "
+                        "CRS with the same bands, resolution and grid are read as one mosaic")
     p.add_argument("--wavelengths", type=wavelengths,
                    help="band wavelengths in µm, comma-separated (frozen DOFA without --manifest)")
     p.add_argument("--id-column", default="plot_id")

@@ -14,7 +14,10 @@ def register(sub) -> dict:
                    help="'dofa' (frozen DOFA: size, weights and wavelengths taken from the bundle), "
                         "'dofa-small'/'dofa-base', or an `ecoalign adapt` run directory")
     p.add_argument("--model", required=True, help="model bundle directory written by `ecoalign fit`")
-    p.add_argument("--raster", required=True, help="GeoTIFF with the encoder's bands, in the model's CRS")
+    p.add_argument("--raster", required=True, nargs="+", metavar="RASTER",
+                   help="GeoTIFF with the encoder's bands, in the model's CRS; or many tiles read as one mosaic: "
+                        "a quoted glob ('tiles/*.tif'), several files, or a GDAL .vrt (tiles in one CRS, with the "
+                        "same bands and resolution)")
     p.add_argument("--env-rasters", nargs="*", default=[], metavar="[NAME=]PATH",
                    help="environmental rasters of the model, by name or in the model's order "
                         "(default: the paths stored in the bundle)")
@@ -52,7 +55,8 @@ def map_verb(args) -> int:
 
     if args.batch_size < 1:
         raise EcoalignInputError(f"--batch-size {args.batch_size}", expected="a positive number of windows")
-    map_raster(args.encoder, args.model, args.raster, args.out, env_rasters=args.env_rasters, stride_m=args.stride_m,
+    raster = args.raster[0] if len(args.raster) == 1 else args.raster
+    map_raster(args.encoder, args.model, raster, args.out, env_rasters=args.env_rasters, stride_m=args.stride_m,
                batch_size=args.batch_size, overwrite=args.overwrite, scheduler=args.scheduler, workers=args.workers,
                quicklook=not args.no_quicklook, progress=not args.no_progress,
                max_nodata_fraction=args.max_nodata_fraction, wavelengths_um=args.wavelengths,

@@ -6,6 +6,7 @@ and are nodata in the output. The DOFA patch-embedding kernel is computed once p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -113,10 +114,7 @@ def predict_block(plan: MapPlan, data: BlockInput, *, encoder=None, model=None, 
                   device=None, autocast: bool = False) -> np.ndarray:
     """(bands, h, w) float32 of one block from its input (``output_bands``: one per target, plus the ensemble's
     spread when the plan asks); nodata for invalid windows or env-raster gaps."""
-    import geopandas as gpd
     import pandas as pd
-
-    from ecoalign.sdm.sites import sample_rasters
 
     block = data.block
     out = np.full((len(output_bands(plan)), block.height, block.width), plan.nodata, dtype=np.float32)
@@ -132,14 +130,59 @@ def predict_block(plan: MapPlan, data: BlockInput, *, encoder=None, model=None, 
     keep = np.ones(len(rows), dtype=bool)
     if plan.env_rasters:
         xy = window_centres(plan, rows + block.row_off, cols + block.col_off)
-        pts = gpd.GeoDataFrame(geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]), crs=plan.crs)
-        env, keep = sample_rasters(pts, plan.env_rasters)
-        parts.append(env.reset_index(drop=True))
+        env, keep = env_values(plan, xy)
+        parts.append(env)
     X = pd.concat(parts, axis=1)[plan.features]
     if keep.any():
         pred = predict_outputs(model, plan, X[keep])
         out[:, rows[keep], cols[keep]] = pred.T.astype(np.float32)
     return out
+
+
+def env_values(plan: MapPlan, xy: np.ndarray):
+    """(DataFrame, valid) of the plan's environmental rasters at window centres ``xy`` (plan CRS), read by window:
+    per raster, the centres are transformed to its CRS in one call (pyproj, as ``GeoDataFrame.to_crs``) and one window
+    covering them is read (masked); each centre takes the pixel that holds it (nearest). These are the values
+    ``ecoalign.sdm.sites.sample_rasters`` gives at the same points (the fit's sampling): the same floor(row, col)
+    of the same transform, NaN outside the raster or on nodata. Not warped to the map grid (WarpedVRT): GDAL's
+    approximate transformer may move a centre across a pixel edge, and the values would differ from the fit's."""
+    import pandas as pd
+    import rasterio
+    from rasterio.transform import rowcol
+    from pyproj import CRS, Transformer
+    from rasterio.windows import Window
+
+    cols_out, valid = {}, np.ones(len(xy), dtype=bool)
+    for r in plan.env_rasters:
+        path = r["path"]
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
+                if src.crs is None:
+                    raise EcoalignInputError("the environmental raster has no CRS", path=path)
+                xs, ys = xy[:, 0], xy[:, 1]
+                if rasterio.crs.CRS.from_wkt(plan.crs) != src.crs and len(xs):  # as GeoDataFrame.to_crs does
+                    tr = Transformer.from_crs(CRS.from_user_input(plan.crs), CRS.from_user_input(src.crs.to_wkt()),
+                                              always_xy=True)
+                    xs, ys = (np.asarray(v, dtype=np.float64) for v in tr.transform(xs, ys))
+                rr, cc = (np.asarray(v, dtype=np.int64) for v in rowcol(src.transform, xs, ys)) if len(xs) else \
+                    (np.zeros(0, np.int64), np.zeros(0, np.int64))
+                left, bottom, right, top = src.bounds
+                inside = (rr >= 0) & (rr < src.height) & (cc >= 0) & (cc < src.width) & np.isfinite(xs) & \
+                    (xs >= left) & (xs <= right) & (ys >= bottom) & (ys <= top)
+                arr = np.full(len(xy), np.nan, dtype=np.float64)
+                if inside.any():
+                    r0, r1, c0, c1 = rr[inside].min(), rr[inside].max(), cc[inside].min(), cc[inside].max()
+                    win = Window(int(c0), int(r0), int(c1 - c0 + 1), int(r1 - r0 + 1))
+                    data = src.read(int(r.get("band", 1)), window=win, masked=True)
+                    picked = data[rr[inside] - r0, cc[inside] - c0]
+                    vals = np.ma.filled(picked.astype(np.float64), np.nan)
+                    arr[inside] = vals
+        except rasterio.errors.RasterioIOError as exc:
+            raise EcoalignInputError(f"cannot read the environmental raster: {exc}", path=path,
+                                     where=f"'{r.get('name')}'") from exc
+        cols_out[r.get("name", Path(path).stem)] = arr
+        valid &= ~np.isnan(arr)
+    return pd.DataFrame(cols_out), valid
 
 
 def compute_block(plan: MapPlan, block: Block, *, encoder=None, model=None, batch_size: int = 32) -> np.ndarray:

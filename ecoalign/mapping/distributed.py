@@ -101,7 +101,7 @@ def _missing(paths: list[str]) -> list[str]:
 
 def _check_workers_see_inputs(client, plan: MapPlan) -> None:
     """Workers on other machines read the plan's files themselves: fail at once when one cannot see them."""
-    paths = [p for p in [plan.raster, plan.bundle, *(r["path"] for r in plan.env_rasters)] if p]
+    paths = [p for p in [plan.raster, *plan.tiles, plan.bundle, *(r["path"] for r in plan.env_rasters)] if p]
     for worker, missing in client.run(_missing, paths).items():
         if missing:
             raise EcoalignInputError(f"Dask worker {worker} cannot see {missing}", path=missing[0],

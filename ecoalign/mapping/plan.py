@@ -26,6 +26,7 @@ import numpy as np
 
 from ecoalign.aerial.embed import EMBED_PREFIX
 from ecoalign.core.errors import EcoalignInputError
+from ecoalign.data.mosaic import resolve_raster
 from ecoalign.data.patches import band_stats, open_rasters
 from ecoalign.encoders.base import WindowEncoder
 
@@ -54,7 +55,7 @@ class Block:
 class MapPlan:
     """Everything a worker needs to compute any block: paths, grids and model/encoder sources, never arrays."""
 
-    raster: str
+    raster: str  # a GeoTIFF or VRT (for several tiles, the mosaic VRT ``ecoalign.data.mosaic`` wrote)
     env_rasters: list[dict]  # [{path, name, band}] in the model's feature order
     window_px: int
     stride_px: int
@@ -78,16 +79,21 @@ class MapPlan:
     encoder_source: dict | None
     encoder_identity: dict | None
     input_px: int = 224
+    tiles: list[str] = field(default_factory=list)  # the tiles of a mosaic (empty for one raster)
     extra: dict = field(default_factory=dict)
 
     def fingerprint(self) -> dict:
         """What makes two runs produce the same map (the resume ledger is only reused when it matches)."""
         from ecoalign.core.io import sha256_file
 
-        raster = os.stat(self.raster)
         d = asdict(self)
         d.pop("blocks")
-        d["raster_size_mtime"] = [raster.st_size, raster.st_mtime_ns]
+        if self.tiles:  # the mosaic VRT may be rewritten (cache cleared): its tiles say whether the input changed
+            d.pop("raster")
+            d["raster_size_mtime"] = [[os.stat(t).st_size, os.stat(t).st_mtime_ns] for t in self.tiles]
+        else:
+            raster = os.stat(self.raster)
+            d["raster_size_mtime"] = [raster.st_size, raster.st_mtime_ns]
         d["bundle_sha256"] = sha256_file(Path(self.bundle) / "model.joblib")
         return json.loads(json.dumps(d, default=str))
 
@@ -232,13 +238,21 @@ def _block_px(window_px: int, stride_px: int) -> int:
 def plan_windows(encoder, raster, *, window_m: float | None = None, stride_m: float | None = None,
                  block_px: int | None = None, max_nodata_fraction: float = 0.5, encoder_spec=None) -> MapPlan:
     """The window grid over a raster without a species model (``targets`` empty): one output pixel per window,
-    centred on it, cut into blocks. Checks the raster (readable, complete, georeferenced, the encoder's bands)."""
+    centred on it, cut into blocks. Checks the raster (readable, complete, georeferenced, the encoder's bands).
+
+    ``raster``: a GeoTIFF, a GDAL VRT, a glob (``"tiles/*.tif"``) or a list of tiles; several tiles are checked
+    (one CRS, bands, resolution and grid) and read as one mosaic VRT (``ecoalign.data.mosaic``)."""
     import rasterio
     from rasterio.errors import RasterioIOError
     from rasterio.transform import Affine
 
     _check_window_encoder(encoder)
-    raster = Path(raster)
+    raster, tiles = resolve_raster(raster)
+    for tile in [Path(t) for t in tiles]:  # every tile complete, with the encoder's bands, before any work
+        open_rasters([tile], encoder.wavelengths_um)
+        with rasterio.open(tile) as src:
+            _check_complete(tile, src)
+            _check_band_wavelengths(tile, src, encoder.wavelengths_um)
     source = open_rasters([raster], encoder.wavelengths_um)[0]
     try:
         with rasterio.open(raster) as src:
@@ -280,7 +294,7 @@ def plan_windows(encoder, raster, *, window_m: float | None = None, stride_m: fl
         in_transform=tuple(in_transform)[:6], transform=tuple(out_transform)[:6], width=int(width), height=int(height),
         targets=[], task="embedding", features=[], nodata=NODATA, block_px=block_px, blocks=blocks, bundle="",
         encoder_source=_encoder_source(encoder, encoder_spec), encoder_identity=encoder.identity(),
-        input_px=int(encoder.input_px))
+        input_px=int(encoder.input_px), tiles=list(tiles))
 
 
 def plan_map(encoder, model, raster, *, env_rasters: Sequence = (), stride_m: float | None = None,

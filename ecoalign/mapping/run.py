@@ -110,6 +110,8 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
     ``"<species>: sd"`` band each with the spread between the members), ``<stem>_presence.tif`` (uint8, 1/0,
     nodata 255) and ``<stem>_quicklook.png``.
 
+    ``raster``: a GeoTIFF, a GDAL VRT, a glob (``"tiles/*.tif"``) or a list of tiles (one CRS, the same bands and
+    resolution; checked before any work and read as one mosaic, seamless across tile edges).
     ``encoder``: an encoder object, an adapt run directory, or ``dofa``/``dofa-small``/``dofa-base`` (size, weights
     and wavelengths default to the bundle's encoder; ``weights`` is a torchgeo enum name or a checkpoint path).
     ``scheduler`` (a dask address) or ``workers=N`` computes blocks with ``ecoalign.mapping.distributed``; this process
