@@ -74,8 +74,9 @@ def child(raster: str, bundle: str, out: str, size: str, stride_m: float, batch_
 
 
 def run_child(*args) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True,
-                         check=True)
+    res = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"child failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -109,11 +110,11 @@ def main() -> None:
         for rep in range(args.repeat):
             order = list(inputs) if rep % 2 == 0 else list(inputs)[::-1]
             for name in order:
-                results[name].append(run_child(inputs[name], bundle, tmp / f"{name}.tif", args.size, args.stride_m,
+                results[name].append(run_child(inputs[name], bundle, tmp / f"map_{name}.tif", args.size, args.stride_m,
                                                args.batch_size, tmp / "cache"))
         outs = {}
         for name in inputs:
-            with rasterio.open(tmp / f"{name}.tif") as src, rasterio.open(presence_path(tmp / f"{name}.tif")) as p:
+            with rasterio.open(tmp / f"map_{name}.tif") as src, rasterio.open(presence_path(tmp / f"map_{name}.tif")) as p:
                 outs[name] = (src.read().tobytes(), p.read().tobytes(), src.shape, src.count)
         best = {k: min(v, key=lambda r: r["seconds"]) for k, v in results.items()}
         wps = {k: v["windows"] / v["seconds"] for k, v in best.items()}

@@ -233,3 +233,20 @@ def test_embed_glob_of_tiles_equals_the_single_raster_across_tile_edges(area, tm
     cols = [c for c in one.columns if c.startswith("emb_")]
     assert len(one) == len(many) == 3
     np.testing.assert_array_equal(one[cols].to_numpy(), many[cols].to_numpy())
+
+
+def test_overlapping_tiles_keep_valid_pixels_under_a_later_tiles_nodata(tmp_path):
+    import rasterio
+
+    from ecoalign.data.mosaic import resolve_raster
+
+    a = np.full((2, 10, 10), 7, dtype=np.uint8)
+    b = np.full((2, 10, 10), 9, dtype=np.uint8)
+    b[:, :, :5] = 0  # nodata over the overlap
+    ta = conftest.write_raster(tmp_path / "a.tif", a)
+    tb = conftest.write_raster(tmp_path / "b.tif", b, left=LEFT + 5 * RES)  # overlaps a's east half
+    vrt, _ = resolve_raster([ta, tb])
+    with rasterio.open(vrt) as src:
+        arr = src.read()
+    assert arr.shape == (2, 10, 15)
+    assert (arr[:, :, :10] == 7).all() and (arr[:, :, 10:] == 9).all()
