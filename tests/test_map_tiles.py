@@ -250,3 +250,15 @@ def test_overlapping_tiles_keep_valid_pixels_under_a_later_tiles_nodata(tmp_path
         arr = src.read()
     assert arr.shape == (2, 10, 15)
     assert (arr[:, :, :10] == 7).all() and (arr[:, :, 10:] == 9).all()
+
+
+def test_tiles_through_dask_workers_give_the_single_raster_map(area, tmp_path):
+    import rasterio
+
+    out = run.map_raster(area["enc"], area["bundle"], area["tiles"], tmp_path / "dask.tif", stride_m=100.0,
+                         block_px=4, progress=False, quicklook=False, workers=1)
+    with rasterio.open(out) as x, rasterio.open(area["single"]) as y:  # workers are single-threaded: rounding
+        assert (x.transform, x.shape, x.count) == (y.transform, y.shape, y.count)
+        a, b = x.read(), y.read()
+        assert ((a == -9999.0) == (b == -9999.0)).all()
+        np.testing.assert_allclose(a, b, atol=1e-5)
