@@ -386,3 +386,28 @@ def test_abundance_forest_map_has_sd_bands_and_no_presence(world, tmp_path):
     assert m["meta"]["presence"]["written"] is False and not presence_path(out).exists()
     valid = m["values"][0] != NODATA
     assert (m["values"][1][valid] >= 0).all() and ((m["values"][1] == NODATA) == ~valid).all()
+
+
+# ------------------------------------------------------------------------------------------ shared bundles
+
+def test_maps_from_an_old_pickled_bundle_and_its_conversion_are_unchanged(world, bagged, tmp_path):
+    """A format-2 bundle (model.joblib) maps as before (with a warning), and so does its converted copy."""
+    import pickle
+
+    from ecoalign.sdm.bundle_io import convert_bundle
+    from ecoalign.sdm.fitting import load_bundle
+
+    reference = _read(_map(world, bagged, tmp_path / "skops.tif"))
+    old = Path(shutil.copytree(bagged, tmp_path / "old"))
+    model, meta = load_bundle(old)
+    (old / "model.joblib").write_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+    (old / "model.skops").unlink()
+    meta = {k: v for k, v in meta.items() if k not in ("files", "content_sha256")}
+    (old / "bundle.json").write_text(json.dumps({**meta, "format_version": 2}))
+    for name in ("pickled", "converted"):
+        if name == "converted":
+            convert_bundle(old)
+            assert not (old / "model.joblib").exists()
+        m = _read(_map(world, old, tmp_path / f"{name}.tif"))
+        np.testing.assert_array_equal(m["values"], reference["values"])
+        assert m["descriptions"] == reference["descriptions"]

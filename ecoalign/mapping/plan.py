@@ -329,7 +329,8 @@ def plan_map(encoder, model, raster, *, env_rasters: Sequence = (), stride_m: fl
         plan, env_rasters=envs, targets=[str(s) for s in model_obj[-1].species_],
         task=str(meta.get("task", "presence_absence")), features=features, bundle=str(bundle.resolve()),
         encoder_source=plan.encoder_source if uses_embeddings else None,
-        encoder_identity=plan.encoder_identity if uses_embeddings else None, extra={"uses_embeddings": uses_embeddings, "trusted": sorted(map(str, trusted or ()))})
+        encoder_identity=plan.encoder_identity if uses_embeddings else None,
+        extra={"uses_embeddings": uses_embeddings, "trusted": sorted(map(str, trusted or ()))})
 
 
 def window_centres(plan: MapPlan, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
