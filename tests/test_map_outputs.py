@@ -19,6 +19,7 @@ from ecoalign.cli import main
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.mapping import run, writer
 from ecoalign.mapping.writer import presence_path
+from ecoalign.sdm.bundle_io import seal
 
 NODATA = -9999.0
 FAST_ENSEMBLE = {"member_params": {"rf_down": {"n_estimators": 10}, "deep_maxent": {"epochs": 30}}}
@@ -234,7 +235,7 @@ def test_a_bundle_without_stored_thresholds(world, tmp_path, capsys):
     meta = json.loads((bundle / "bundle.json").read_text())
     meta["thresholds"] = {s: math.nan for s in meta["species"]}  # as `cv: none` writes them
     meta["threshold_rules"] = {}
-    (bundle / "bundle.json").write_text(json.dumps(meta))
+    seal(bundle, meta)  # re-hashed: an edited bundle.json is refused otherwise
     out = tmp_path / "m.tif"
     with pytest.raises(EcoalignInputError, match=r"no_thresholds/bundle.json: --threshold-rule: the bundle stores "
                                                  r"no max_tss threshold for species \['wetland', 'grassland'\]"):
