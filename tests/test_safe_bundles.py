@@ -337,3 +337,25 @@ def test_pickle_globals_reads_stack_global_without_unpickling(tmp_path):
     f.write_bytes(pickle.dumps(_WritesAFile(tmp_path / "x"), protocol=0))
     assert "__builtin__.exec" in bundle_io.pickle_globals(f)
     assert not (tmp_path / "x").exists()
+
+
+def test_stack_global_names_what_it_really_consumes(tmp_path):
+    """Strings pushed and popped again cannot hide the global that STACK_GLOBAL imports."""
+    import pickletools
+
+    def s(text: str) -> bytes:
+        return b"\x8c" + bytes([len(text)]) + text.encode()
+
+    body = (b"\x80\x04" + s("builtins") + s("exec") + s("numpy") + s("ndarray") + b"00" + b"\x93.")
+    with open(os.devnull, "w") as devnull:
+        pickletools.dis(body, out=devnull)  # a valid pickle
+    f = tmp_path / "hidden.pkl"
+    f.write_bytes(body)
+    assert bundle_io.pickle_globals(f) == ["builtins.exec"]
+    body = b"\x80\x04" + s("builtins") + b"\x94" + s("exec") + b"\x94" + b"h\x00h\x01\x93."  # through the memo
+    f.write_bytes(body)
+    assert bundle_io.pickle_globals(f) == ["builtins.exec"]
+    f.write_bytes(b"\x80\x04N" + s("exec") + b"\x93.")  # a non-string operand
+    assert bundle_io.pickle_globals(f) == ["?"]
+    with pytest.raises(EcoalignInputError, match=r"\?"):
+        bundle_io.check_pickle(f)

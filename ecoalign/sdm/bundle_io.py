@@ -217,38 +217,59 @@ def _load_skops(file: Path, trusted: Iterable[str]):
 
 def pickle_globals(file: str | Path) -> list[str]:
     """``module.name`` of every global a pickle would import (GLOBAL, STACK_GLOBAL, INST), read with
-    ``pickletools.genops`` without unpickling. Unresolvable STACK_GLOBAL operands are reported as ``?``."""
+    ``pickletools.genops`` without unpickling. The pickle machine's stack is followed (each opcode's documented
+    stack effect, marks and the memo), so STACK_GLOBAL names the strings it really consumes; operands that are
+    not plain strings are reported as ``?`` (never allowed)."""
+    mark = object()
     stack: list = []
     memo: dict = {}
     found: list[str] = []
-    no_push = {"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME", "PROTO", "STOP", "POP", "POP_MARK", "MARK"}
+    strings = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+               "SHORT_BINSTRING"}
+
+    def pop(n: int) -> list:
+        if n > len(stack):
+            raise ValueError("stack underflow")
+        taken = stack[len(stack) - n:] if n else []
+        del stack[len(stack) - n:]
+        return taken
+
     with open(file, "rb") as fh:
         try:
             for op, arg, _ in pickletools.genops(fh):
                 name = op.name
+                if name == "MEMOIZE":
+                    memo[len(memo)] = stack[-1] if stack else None
+                    continue
+                if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = stack[-1] if stack else None
+                    continue
+                if name == "DUP":
+                    stack.append(stack[-1] if stack else None)
+                    continue
+                before = list(op.stack_before)
+                if pickletools.markobject in before:  # everything down to the last mark, then what lies below it
+                    if mark not in stack:
+                        raise ValueError(f"{name} without a mark")
+                    depth = len(stack) - 1 - stack[::-1].index(mark)
+                    del stack[depth:]
+                    taken = pop(before.index(pickletools.markobject))
+                else:
+                    taken = pop(len(before))
                 if name in ("GLOBAL", "INST"):
                     module, _, attr = str(arg).partition(" ")
                     found.append(f"{module}.{attr}")
-                    stack.append(None)
                 elif name == "STACK_GLOBAL":
-                    module = stack[-2] if len(stack) >= 2 else None
-                    attr = stack[-1] if stack else None
-                    ok = isinstance(module, str) and isinstance(attr, str)
-                    found.append(f"{module}.{attr}" if ok else "?")
-                    stack.append(None)
-                elif name == "MEMOIZE":
-                    memo[len(memo)] = stack[-1] if stack else None
-                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[arg] = stack[-1] if stack else None
+                    module, attr = taken
+                    found.append(f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str) else "?")
+                if name == "MARK":
+                    stack.append(mark)
+                elif name in strings:
+                    stack.append(str(arg))
                 elif name in ("GET", "BINGET", "LONG_BINGET"):
                     stack.append(memo.get(arg))
-                elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING",
-                              "BINSTRING", "SHORT_BINSTRING"):
-                    stack.append(str(arg))
-                elif name not in no_push:
-                    stack.append(None)
-                if len(stack) > 64:
-                    del stack[:-16]
+                else:
+                    stack.extend([None] * len(op.stack_after))
         except (ValueError, EOFError, KeyError, UnicodeDecodeError) as exc:  # truncated or not a pickle
             if any(g.startswith("joblib.numpy_pickle.") for g in found):  # arrays inline between the opcodes
                 raise EcoalignInputError("the model was written with joblib.dump (a bundle of an ecoalign from "
