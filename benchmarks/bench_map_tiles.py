@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_map import LEFT, RES, TOP, WAVES, make_bundle, make_raster  # noqa: E402
 

@@ -28,6 +28,7 @@ API = {
     "compare": "ecoalign.sdm.compare:compare",
     "read_sites": "ecoalign.sdm.sites:read_sites",
     "Bundle": "ecoalign.sdm.fit:Bundle",
+    "convert_bundle": "ecoalign.sdm.bundle_io:convert_bundle",
     # maps
     "map": "ecoalign.mapping:map_raster",
     "map_raster": "ecoalign.mapping:map_raster",

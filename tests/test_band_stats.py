@@ -20,6 +20,7 @@ from ecoalign.aerial.embed import embedding_columns, read_embeddings
 from ecoalign.cli import main
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.data.patches import band_stats, open_rasters
+from ecoalign.sdm.bundle_io import seal
 
 WAVES = [0.49, 0.56, 0.665, 0.842]
 RES, WINDOW_M = 20.0, 200.0  # 10 px windows
@@ -177,7 +178,7 @@ def test_map_refuses_other_statistics_and_bundles_without_them(scene, tmp_path):
     shutil.copytree(bundle, legacy)
     meta = json.loads((legacy / "bundle.json").read_text())
     recorded = {k: meta["encoder"].pop(k) for k in ("band_mean", "band_std")}  # as bundles made before this
-    (legacy / "bundle.json").write_text(json.dumps(meta))
+    seal(legacy, meta)  # re-hashed: an edited bundle.json is refused otherwise
     args = ["map", "--encoder", "dofa", "--model", str(legacy), "--raster", str(scene["small"]), "--no-progress",
             "--no-quicklook", "--out", str(tmp_path / "legacy.tif")]
     with pytest.raises(EcoalignInputError, match="never standardises with the statistics of the raster.*--band-mean"):

@@ -19,6 +19,7 @@ from ecoalign.cli import main
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.mapping import run, writer
 from ecoalign.mapping.writer import presence_path
+from ecoalign.sdm.bundle_io import seal
 
 NODATA = -9999.0
 FAST_ENSEMBLE = {"member_params": {"rf_down": {"n_estimators": 10}, "deep_maxent": {"epochs": 30}}}
@@ -234,7 +235,7 @@ def test_a_bundle_without_stored_thresholds(world, tmp_path, capsys):
     meta = json.loads((bundle / "bundle.json").read_text())
     meta["thresholds"] = {s: math.nan for s in meta["species"]}  # as `cv: none` writes them
     meta["threshold_rules"] = {}
-    (bundle / "bundle.json").write_text(json.dumps(meta))
+    seal(bundle, meta)  # re-hashed: an edited bundle.json is refused otherwise
     out = tmp_path / "m.tif"
     with pytest.raises(EcoalignInputError, match=r"no_thresholds/bundle.json: --threshold-rule: the bundle stores "
                                                  r"no max_tss threshold for species \['wetland', 'grassland'\]"):
@@ -386,3 +387,28 @@ def test_abundance_forest_map_has_sd_bands_and_no_presence(world, tmp_path):
     assert m["meta"]["presence"]["written"] is False and not presence_path(out).exists()
     valid = m["values"][0] != NODATA
     assert (m["values"][1][valid] >= 0).all() and ((m["values"][1] == NODATA) == ~valid).all()
+
+
+# ------------------------------------------------------------------------------------------ shared bundles
+
+def test_maps_from_an_old_pickled_bundle_and_its_conversion_are_unchanged(world, bagged, tmp_path):
+    """A format-2 bundle (model.joblib) maps as before (with a warning), and so does its converted copy."""
+    import pickle
+
+    from ecoalign.sdm.bundle_io import convert_bundle
+    from ecoalign.sdm.fitting import load_bundle
+
+    reference = _read(_map(world, bagged, tmp_path / "skops.tif"))
+    old = Path(shutil.copytree(bagged, tmp_path / "old"))
+    model, meta = load_bundle(old)
+    (old / "model.joblib").write_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+    (old / "model.skops").unlink()
+    meta = {k: v for k, v in meta.items() if k not in ("files", "content_sha256")}
+    (old / "bundle.json").write_text(json.dumps({**meta, "format_version": 2}))
+    for name in ("pickled", "converted"):
+        if name == "converted":
+            convert_bundle(old)
+            assert not (old / "model.joblib").exists()
+        m = _read(_map(world, old, tmp_path / f"{name}.tif"))
+        np.testing.assert_array_equal(m["values"], reference["values"])
+        assert m["descriptions"] == reference["descriptions"]

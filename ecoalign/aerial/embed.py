@@ -129,7 +129,7 @@ def _prepare(points, rasters: Sequence[str | Path], encoder, *, patch_size_m: fl
              max_nodata_fraction: float, batch_size: int, id_column: str, progress: bool):
     from ecoalign.aerial.backbone_cache import build_backbone_cache
     from ecoalign.core.paths import cache_dir
-    from ecoalign.data.patches import PatchReader, band_stats, open_rasters
+    from ecoalign.data.patches import PatchReader, band_stats
     from ecoalign.data.plots import plot_centres, read_plots
 
     if isinstance(points, (str, Path)):

@@ -32,3 +32,10 @@ def add_encoder_options(p) -> None:
                    help="fixed band means for frozen DOFA, in the raster's units, one per band (with --band-std)")
     p.add_argument("--band-std", type=band_values, default=None, metavar="S1,S2,...",
                    help="fixed band standard deviations for frozen DOFA, one per band (with --band-mean)")
+
+
+def add_trust_arg(parser) -> None:
+    """``--trust TYPE`` (repeatable) for the verbs that open model bundles."""
+    parser.add_argument("--trust", action="append", default=[], metavar="TYPE",
+                        help="a type (module.Class) the bundle's estimator file may build beyond ecoalign's trusted "
+                             "list; only for a bundle whose author you trust (repeatable)")

@@ -1,7 +1,7 @@
 """``ecoalign map``: a fitted species model over a raster of any size -> multi-band Cloud-Optimized GeoTIFF."""
 from __future__ import annotations
 
-from ecoalign.cli.arg_types import add_encoder_options, wavelengths
+from ecoalign.cli.arg_types import add_encoder_options, add_trust_arg, wavelengths
 from ecoalign.core.errors import EcoalignInputError
 
 
@@ -46,6 +46,7 @@ def register(sub) -> dict:
     p.add_argument("--no-uncertainty", action="store_true",
                    help="write no '<species>: sd' bands (the spread between an ensemble model's members)")
     p.add_argument("--no-progress", action="store_true")
+    add_trust_arg(p)
     add_encoder_options(p)  # --precision, --band-mean/--band-std (default: the encoder's, else the bundle's)
     return {"map": map_verb}
 
@@ -62,5 +63,5 @@ def map_verb(args) -> int:
                max_nodata_fraction=args.max_nodata_fraction, wavelengths_um=args.wavelengths,
                weights=args.weights, species=args.species, threshold_rule=args.threshold_rule,
                presence=not args.no_presence, uncertainty=not args.no_uncertainty, precision=args.precision,
-               band_mean=args.band_mean, band_std=args.band_std)
+               band_mean=args.band_mean, band_std=args.band_std, trusted=args.trust)
     return 0

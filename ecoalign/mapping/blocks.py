@@ -148,8 +148,8 @@ def env_values(plan: MapPlan, xy: np.ndarray):
     approximate transformer may move a centre across a pixel edge, and the values would differ from the fit's."""
     import pandas as pd
     import rasterio
-    from rasterio.transform import rowcol
     from pyproj import CRS, Transformer
+    from rasterio.transform import rowcol
     from rasterio.windows import Window
 
     cols_out, valid = {}, np.ones(len(xy), dtype=bool)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Sequence
 
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.core.io import sha256_file
 from ecoalign.encoders.base import Encoder
 from ecoalign.encoders.registry import configure_encoder, load_encoder
 from ecoalign.mapping.plan import MapPlan
@@ -28,9 +27,9 @@ def resolve_encoder(encoder, wavelengths_um: Sequence[float] | None = None, bund
         return load_encoder(encoder, precision=precision, band_mean=band_mean, band_std=band_std)
     trained = {}
     if bundle is not None:
-        from ecoalign.sdm.fitting import load_bundle
+        from ecoalign.sdm.fitting import read_bundle_meta
 
-        trained = load_bundle(bundle)[1].get("encoder") or {}
+        trained = read_bundle_meta(bundle).get("encoder") or {}
     backbone = trained.get("backbone", {})
     size = name.partition("-")[2] or backbone.get("size") or "base"
     if weights is None:
@@ -78,7 +77,10 @@ def encoder_from_plan(plan: MapPlan) -> Encoder:
 def model_from_plan(plan: MapPlan):
     """The fitted model of the plan's bundle (cached per process, keyed on the model file's content: a long-lived
     worker must not serve a bundle re-fitted into the same folder)."""
+    from ecoalign.sdm.bundle_io import bundle_hash
     from ecoalign.sdm.fitting import load_bundle
 
-    model_sha = sha256_file(Path(plan.bundle) / "model.joblib")
-    return cached(f"model:{Path(plan.bundle).resolve()}:{model_sha}", lambda: load_bundle(plan.bundle)[0])
+    model_sha = bundle_hash(plan.bundle)
+    trusted = plan.extra.get("trusted", ())
+    return cached(f"model:{Path(plan.bundle).resolve()}:{model_sha}",
+                  lambda: load_bundle(plan.bundle, trusted=trusted)[0])

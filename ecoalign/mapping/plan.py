@@ -84,7 +84,7 @@ class MapPlan:
 
     def fingerprint(self) -> dict:
         """What makes two runs produce the same map (the resume ledger is only reused when it matches)."""
-        from ecoalign.core.io import sha256_file
+        from ecoalign.sdm.bundle_io import bundle_hash
 
         d = asdict(self)
         d.pop("blocks")
@@ -94,7 +94,7 @@ class MapPlan:
         else:
             raster = os.stat(self.raster)
             d["raster_size_mtime"] = [raster.st_size, raster.st_mtime_ns]
-        d["bundle_sha256"] = sha256_file(Path(self.bundle) / "model.joblib")
+        d["bundle_sha256"] = bundle_hash(self.bundle)
         return json.loads(json.dumps(d, default=str))
 
 
@@ -299,11 +299,12 @@ def plan_windows(encoder, raster, *, window_m: float | None = None, stride_m: fl
 
 def plan_map(encoder, model, raster, *, env_rasters: Sequence = (), stride_m: float | None = None,
              window_m: float | None = None, block_px: int | None = None, max_nodata_fraction: float = 0.5,
-             encoder_spec=None) -> MapPlan:
+             encoder_spec=None, trusted: Sequence[str] = ()) -> MapPlan:
     """``plan_windows`` checked against the model bundle: same encoder as for fitting, the model's CRS and
     patch size, its environmental rasters; the targets become the output bands.
 
-    ``encoder`` is an encoder object (``ecoalign.load_encoder``); ``model`` a bundle directory.
+    ``encoder`` is an encoder object (``ecoalign.load_encoder``); ``model`` a bundle directory, opened without
+    running code from it (``trusted``: type names its estimator file may build beyond ecoalign's list).
     """
     import dataclasses
 
@@ -312,7 +313,7 @@ def plan_map(encoder, model, raster, *, env_rasters: Sequence = (), stride_m: fl
     from ecoalign.sdm.fitting import load_bundle
 
     bundle = Path(model)
-    model_obj, meta = load_bundle(bundle)
+    model_obj, meta = load_bundle(bundle, trusted=trusted)
     _check_window_encoder(encoder)
     _check_encoder_matches_bundle(encoder, meta, bundle)
     features = list(meta["features"])
@@ -342,7 +343,8 @@ def plan_map(encoder, model, raster, *, env_rasters: Sequence = (), stride_m: fl
         plan, env_rasters=envs, targets=[str(s) for s in model_obj[-1].species_],
         task=str(meta.get("task", "presence_absence")), features=features, bundle=str(bundle.resolve()),
         encoder_source=plan.encoder_source if uses_embeddings else None,
-        encoder_identity=plan.encoder_identity if uses_embeddings else None, extra={"uses_embeddings": uses_embeddings})
+        encoder_identity=plan.encoder_identity if uses_embeddings else None,
+        extra={"uses_embeddings": uses_embeddings, "trusted": sorted(map(str, trusted or ()))})
 
 
 def window_centres(plan: MapPlan, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -103,7 +103,7 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
                block_px: int | None = None, wavelengths_um: Sequence[float] | None = None, weights: str | None = None,
                device=None, species: Sequence[str] | None = None, threshold_rule: str | float | None = None,
                presence: bool = True, uncertainty: bool = True, precision: str | None = None, band_mean=None,
-               band_std=None) -> Path:
+               band_std=None, trusted: Sequence[str] = ()) -> Path:
     """Map a species-model bundle over a raster into a COG; resumes a killed run. Returns the COG's path.
 
     Outputs (see ``ecoalign.mapping.writer``): ``out`` (float32: one band per species, then for ensembles one
@@ -123,6 +123,7 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
     ``presence=False`` writes no presence map; ``uncertainty=False`` no spread bands.
     ``precision`` (fp32 | bf16 | int8 | auto), ``band_mean``/``band_std``: the encoder's numeric precision and fixed
     band statistics (default: the encoder's, else those recorded in the bundle; never the mapped raster's).
+    ``trusted``: type names the bundle's estimator file may build beyond ecoalign's trusted types.
     """
     from tqdm.auto import tqdm
 
@@ -146,8 +147,8 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
     encoder = resolve_encoder(encoder, wavelengths_um, model, weights, precision=precision, band_mean=band_mean,
                               band_std=band_std)
     plan = plan_map(encoder, model, raster, env_rasters=env_rasters, stride_m=stride_m, block_px=block_px,
-                    max_nodata_fraction=max_nodata_fraction, encoder_spec=spec)
-    fitted = load_bundle(plan.bundle)[0]
+                    max_nodata_fraction=max_nodata_fraction, encoder_spec=spec, trusted=trusted)
+    fitted = load_bundle(plan.bundle, trusted=trusted)[0]
     plan = _outputs(plan, fitted, targets, uncertainty, presence_spec)
     partial = PartialMap(out, plan)
     done = partial.open()

@@ -25,16 +25,18 @@ IN_MEMORY = "<test table in memory>"  # what messages name for a DataFrame given
 
 def evaluate(bundle: Bundle | str | Path, *, targets=None, manifest=None, embeddings=None, points=None,
              covariates=None, background=None, id_column: str = "plot_id", crs=None, out: str | Path | None = None,
-             seed: int = 0) -> pd.DataFrame:
+             seed: int = 0, trusted=()) -> pd.DataFrame:
     """Metrics (per species, micro and macro, with bootstrap intervals) of ``bundle`` on independent sites.
 
     ``targets``: the wide test table (a CSV/GeoPackage/GeoParquet path or a DataFrame; default: ``points``
     itself). The sites and their features come from the same inputs as :func:`ecoalign.sdm.sites.read_sites`;
     with ``background``, ``points`` are presence-only records whose species are the test targets. ``out``: a
     CSV of the table. The test columns that look like species unknown to the model are listed in
-    ``table.attrs["not_evaluated"]``.
+    ``table.attrs["not_evaluated"]``. ``trusted``: type names a bundle's estimator file may build beyond ecoalign's
+    trusted types (``ecoalign.sdm.bundle_io``); the bundle's hash is logged.
     """
-    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, trusted=trusted)
+    log.info("evaluating bundle %s (sha256 %s)", bundle.path, bundle.sha256)
     meta = bundle.meta
     unknown: list[str] = []
     if background is not None:  # presence records + background points: the records' species are the targets

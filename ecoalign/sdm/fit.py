@@ -26,9 +26,19 @@ class Bundle:
     meta: dict = field(repr=False)
 
     @classmethod
-    def load(cls, path: str | Path) -> Bundle:
-        model, meta = load_bundle(path)
+    def load(cls, path: str | Path, trusted=()) -> Bundle:
+        """Open a bundle without running code from it: its files are checked against the hashes in
+        ``bundle.json`` and its estimators built only from ecoalign's trusted types (``trusted``: type names to
+        accept beyond them, for a bundle whose author you trust). See ``ecoalign.sdm.bundle_io``."""
+        model, meta = load_bundle(path, trusted=trusted)
         return cls(Path(path), model, meta)
+
+    @property
+    def sha256(self) -> str:
+        """The bundle's content hash (``bundle.json``'s ``content_sha256``; an older bundle: its pickle's)."""
+        from ecoalign.sdm.bundle_io import bundle_hash
+
+        return bundle_hash(self.path, self.meta)
 
     @property
     def species(self) -> list[str]:

@@ -10,7 +10,6 @@ for the Boyce index when the bundle is evaluated on independent sites.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,16 @@ import numpy as np
 import pandas as pd
 
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.core.io import atomic_path, write_json
+from ecoalign.core.io import atomic_path
+from ecoalign.sdm.bundle_io import FORMAT_VERSION as BUNDLE_VERSION
+from ecoalign.sdm.bundle_io import (
+    LEGACY_MODEL_FILE,
+    MODEL_FILE,
+    load,
+    read_meta,
+    save_model,
+    seal,
+)
 from ecoalign.sdm.metrics import (
     THRESHOLD_RULES,
     evaluate_abundance,
@@ -35,7 +43,6 @@ from ecoalign.sdm.species_model import (
     notes_silenced,
 )
 
-BUNDLE_VERSION = 2
 REFERENCE_ROWS = 5000  # background (landscape) rows whose scores a bundle keeps for Boyce at evaluate time
 
 log = logging.getLogger(__name__)
@@ -255,8 +262,6 @@ def score_predictions(spec: ModelSpec, Y: pd.DataFrame, pred: pd.DataFrame, thre
 def fit_bundle(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int = 0, n_jobs=-1,
                overwrite: bool = False, progress: bool = True) -> Path:
     """Cross-validate, refit on all sites, and save the bundle `ecoalign evaluate` and `ecoalign map` load."""
-    import pickle
-
     out = Path(out)
     if (out / "bundle.json").exists() and not overwrite:
         raise EcoalignInputError("a model bundle already exists here", path=out, expected="another --out, or --overwrite")
@@ -275,9 +280,9 @@ def fit_bundle(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int 
             rows = np.sort(np.random.default_rng(seed).choice(rows, REFERENCE_ROWS, replace=False))
         reference = np.asarray(model.predict_proba(sites.X.iloc[rows]), dtype=np.float32)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.joblib") as tmp:  # a plain pickle (joblib.load reads it): joblib's per-array
-        with open(tmp, "wb") as fh:                 # wrapping took seconds for forests of thousands of trees
-            pickle.dump(model, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    for stale in (LEGACY_MODEL_FILE, MODEL_FILE):  # an overwritten bundle: none of the old model stays
+        (out / stale).unlink(missing_ok=True)
+    save_model(out, model)  # skops: loads without running code (ecoalign.sdm.bundle_io)
     if reference is not None:
         with atomic_path(out / "reference_scores.npy") as tmp:
             with open(tmp, "wb") as fh:
@@ -285,7 +290,7 @@ def fit_bundle(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int 
     with atomic_path(out / "cv_metrics.csv") as tmp:
         cv.metrics.to_csv(tmp, index=False)
     final = model[-1]
-    write_json(out / "bundle.json", {
+    meta = seal(out, {
         "format_version": BUNDLE_VERSION, "spec": spec.raw, "spec_name": spec.name, "task": spec.task,
         "features": list(sites.X.columns), "categorical": list(spec.features.get("categorical") or []),
         "species": species, "skipped_species": {**cv.skipped, **final.skipped_species_},
@@ -303,7 +308,8 @@ def fit_bundle(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int 
         "cv": spec.cv, "cv_seconds": cv.seconds, "seed": seed,
         "summary": summary(cv.metrics),
     })
-    log.info("bundle written to %s (%d species, thresholds from out-of-fold predictions)", out, len(species))
+    log.info("bundle written to %s (%d species, thresholds from out-of-fold predictions; sha256 %s)", out,
+             len(species), meta["content_sha256"])
     return out
 
 
@@ -315,19 +321,15 @@ def summary(metrics: pd.DataFrame) -> dict:
 
 
 def read_bundle_meta(path: str | Path) -> dict:
-    """A bundle's ``bundle.json``, without loading its model."""
-    meta_path = Path(path) / "bundle.json"
-    if not meta_path.exists():
-        raise EcoalignInputError("not a model bundle (no bundle.json)", path=path, expected="an `ecoalign fit --out` directory")
-    return json.loads(meta_path.read_text())
+    """A bundle's ``bundle.json``, without loading its model (a bundle of a newer format is refused)."""
+    return read_meta(path)
 
 
-def load_bundle(path: str | Path):
-    """(fitted model, ``bundle.json`` as a dict) of a bundle folder."""
-    import joblib
-
-    meta = read_bundle_meta(path)
-    return joblib.load(Path(path) / "model.joblib"), meta
+def load_bundle(path: str | Path, trusted=()):
+    """(fitted model, ``bundle.json`` as a dict) of a bundle folder, checked against its hashes and loaded
+    without running code (``ecoalign.sdm.bundle_io``); ``trusted``: type names to accept beyond ecoalign's list."""
+    model, meta, _ = load(path, trusted=trusted)
+    return model, meta
 
 
 def reference_scores(bundle: str | Path, meta: dict) -> np.ndarray | None:
@@ -343,7 +345,7 @@ def reference_scores(bundle: str | Path, meta: dict) -> np.ndarray | None:
 
 
 def evaluate_bundle(bundle, sites: SiteTable, *, seed: int = 0, metrics: list[str] | None = None,
-                    n_boot: int | None = None) -> pd.DataFrame:
+                    n_boot: int | None = None, trusted=()) -> pd.DataFrame:
     """Metrics of a fitted bundle on an independent test table (e.g. presence/absence survey sites).
 
     ``bundle``: a bundle folder, or a loaded :class:`ecoalign.sdm.fit.Bundle`. The thresholds are the bundle's
@@ -357,7 +359,7 @@ def evaluate_bundle(bundle, sites: SiteTable, *, seed: int = 0, metrics: list[st
     if hasattr(bundle, "model") and hasattr(bundle, "meta"):  # already loaded
         model, meta, bundle = bundle.model, bundle.meta, bundle.path
     else:
-        model, meta = load_bundle(bundle)
+        model, meta = load_bundle(bundle, trusted=trusted)
     missing = [c for c in meta["features"] if c not in sites.X.columns]
     if missing:
         raise EcoalignInputError(f"the test sites lack the model's features {missing[:5]}",
