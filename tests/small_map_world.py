@@ -63,3 +63,22 @@ def assert_same_map(a: Path, b: Path) -> None:
         assert x.descriptions == y.descriptions
         assert x.read().tobytes() == y.read().tobytes()
         assert np.isfinite(x.read()).all()
+
+
+def map_in_single_threaded_process(world_folder: Path, bundle: Path, out: Path) -> None:
+    """The reference for Dask equality: the map made in a fresh process that is single-threaded (torch and BLAS)
+    from its start, as Dask worker processes are."""
+    import os
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
+    script = (f"import sys; sys.path.insert(0, {str(here)!r})\n"
+              "import torch; torch.set_num_threads(1)\n"
+              "import pathlib, small_map_world\n"
+              "from ecoalign.mapping import map_raster\n"
+              f"w = small_map_world.build(pathlib.Path({str(world_folder)!r}))\n"
+              f"map_raster(w['encoder'], {str(bundle)!r}, w['raster'], {str(out)!r}, block_px=2, quicklook=False, "
+              "progress=False)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env)

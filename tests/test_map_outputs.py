@@ -339,20 +339,9 @@ def test_dask_workers_write_the_single_process_files(world, bagged, tmp_path):
     """Bands, spread and presence: the same bytes from 2 Dask worker processes as from one process that is
     single-threaded from its start (as the workers are; see test_mapping_dask.py)."""
     import os
-    import subprocess
-    import sys
 
     single = tmp_path / "single.tif"
-    here = Path(__file__).resolve().parent
-    script = (f"import sys; sys.path.insert(0, {str(here)!r})\n"
-              "import torch; torch.set_num_threads(1)\n"
-              "import pathlib, small_map_world\n"
-              "from ecoalign.mapping import map_raster\n"
-              f"w = small_map_world.build(pathlib.Path({str(world['bundle'].parent)!r}))\n"
-              f"map_raster(w['encoder'], {str(bagged)!r}, w['raster'], {str(single)!r}, block_px=2, "
-              "quicklook=False, progress=False)\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", script], check=True, env=env)
+    small_map_world.map_in_single_threaded_process(world['bundle'].parent, bagged, single)
     threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     parallel = _map(world, bagged, tmp_path / "dask.tif", workers=2)
     # the local cluster's worker settings do not leak into this process (its later subprocesses would run

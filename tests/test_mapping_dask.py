@@ -35,24 +35,11 @@ def one_torch_thread():
 def single_map(world, tmp_path_factory):
     """The single-process map, made in a fresh process that is single-threaded from its start, as Dask workers
     are: switching this (already multi-threaded) process to one thread later does not give the same last bits."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     import rasterio
 
     path = tmp_path_factory.mktemp("single") / "single.tif"
-    here = Path(__file__).resolve().parent
-    script = (f"import sys; sys.path.insert(0, {str(here)!r})\n"
-              "import torch; torch.set_num_threads(1)\n"
-              "import pathlib, small_map_world\n"
-              "from ecoalign.mapping import map_raster\n"
-              f"w = small_map_world.build(pathlib.Path({str(world['bundle'].parent)!r}))\n"
-              f"map_raster(w['encoder'], w['bundle'], w['raster'], {str(path)!r}, block_px=2, quicklook=False, "
-              "progress=False)\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", script], check=True, env=env)
+    small_map_world.map_in_single_threaded_process(world['bundle'].parent, world['bundle'], path)
     with rasterio.open(path) as src:
         values = src.read()
     assert (values == src.nodata).any() and (values != src.nodata).any()  # the nodata strip and mapped land
