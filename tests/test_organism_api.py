@@ -35,13 +35,7 @@ def _json(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: the same float sums in the command's run and the function's (and fastest on 2 shared cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
