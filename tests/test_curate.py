@@ -208,3 +208,54 @@ def test_real_labelled_photos_insects_kept_at_order(tmp_path):
     assert beetle["texts"]["taxonomic"] == "Animalia Arthropoda Insecta Coleoptera"
     assert beetle["texts"]["taxon_tag"] == "a kingdom Animalia phylum Arthropoda class Insecta order Coleoptera"
     assert beetle["image_ext"] == "jpg" and min(beetle["image"].size) > 32
+
+
+def test_split_column_is_used_and_recorded_fractions_with_it_refused(tmp_path):
+    table, df = _table(tmp_path / "data", per_species=4)
+    df["split"] = ["test" if i % 4 == 0 else "train" for i in range(len(df))]
+    df.to_csv(table, index=False)
+    rec = curate(table, tmp_path / "col", progress=False)
+    assert rec["options"]["split_source"] == "column 'split'" and rec["options"]["val_fraction"] is None
+    assert rec["splits"]["test"]["images"] == 5 and rec["splits"]["val"]["images"] == 0
+    with pytest.raises(EcoalignInputError, match="split column 'split', and --val-fraction would be ignored"):
+        curate(table, tmp_path / "both", val_fraction=0.2, progress=False)
+    rec = curate(table, tmp_path / "frac", val_fraction=0.25, test_fraction=0.25, ignore_split_column=True,
+                 progress=False)
+    assert rec["options"]["split_source"] == "fractions" and rec["options"]["val_fraction"] == 0.25
+    assert rec["splits"]["val"]["images"] == rec["splits"]["test"]["images"] == 5
+
+
+def test_open_clip_train_reads_curated_shards(tmp_path, monkeypatch):
+    """open_clip_train's own --train-data loader (get_wds_dataset) reads what curate writes: image + <key>.txt,
+    the epoch size from sizes.json.
+
+    open_clip_train 3.3.0 asks for webdataset <= 0.2.86, whose tar expander ends a shard silently; webdataset 1.0
+    (ours) ends it with an empty marker that open_clip_train's own key grouping does not expect. The one patch:
+    the 1.0 expander without that marker, as 0.2.86 behaved; the rest is open_clip_train's loader unchanged."""
+    import functools
+    from types import SimpleNamespace
+
+    import open_clip_train.data as ocd
+    from open_clip_train.data import get_wds_dataset
+    from webdataset.tariterators import tar_file_expander
+
+    monkeypatch.setattr(ocd, "tar_file_expander", functools.partial(tar_file_expander, eof_value=None))
+
+    from ecoalign.encoders.organism import load_organism_encoder
+
+    table, _ = _table(tmp_path / "data", per_species=6)
+    out = tmp_path / "cur"
+    curate(table, out, val_fraction=0, test_fraction=0, shard_size=8, progress=False)
+    paths = shard_paths(out, "train")
+    assert len(paths) == 4 and json.loads((out / "train" / "sizes.json").read_text())["shard-000003.tar"] == 6
+    enc = load_organism_encoder("open_clip:ecoalign-tiny-vit")
+    args = SimpleNamespace(train_data=str(out / "train" / "shard-{000000..000003}.tar"), train_num_samples=None,
+                           dataset_resampled=False, train_data_upsampling_factors=None, seed=0, batch_size=5,
+                           world_size=1, workers=0)
+    info = get_wds_dataset(args, enc.preprocess, is_train=True, epoch=0, tokenizer=enc.tokenizer)
+    assert info.dataloader.num_samples == 30
+    batches = list(info.dataloader)
+    assert batches and all(img.shape[1:] == (3, 32, 32) and txt.shape[0] == img.shape[0] for img, txt in batches)
+    captions = {s["txt"].decode() for s in __import__("webdataset").WebDataset([str(p) for p in paths],
+                                                                              shardshuffle=False)}
+    assert "Animalia Chordata Aves Passeriformes Corvidae Corvus corax" in captions

@@ -160,14 +160,14 @@ def test_cli_trains_and_reports_bad_input(data, tmp_path, capsys):
     cases = [(["--text-type", "latin"], "text_type='latin'"),
              (["--batch-size", "64"], "batch_size=64 is larger than the 24 training images"),
              (["--arch", "ViT-B-33"], "unknown open_clip architecture 'ViT-B-33'"),
-             (["--replay", str(tmp_path / "none")], "no general image-text pairs found")]
+             (["--replay", str(tmp_path / "none")], "the shard pattern matches no file")]
     for extra, message in cases:
         assert main(["train-organism", "--data", cur, "--batch-size", "8", "--out", str(tmp_path / "bad"), *extra]) == 2
         assert message in capsys.readouterr().err
     assert main(["train-organism", "--data", cur, "--out", str(out)]) == 2
     assert "a run already exists here" in capsys.readouterr().err
     assert main(["train-organism", "--data", str(tmp_path)]) == 2
-    assert "not a curated data set" in capsys.readouterr().err
+    assert "no .tar shards in this directory" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -24,12 +24,15 @@ def register(sub) -> dict:
                         "be in training (repeatable)")
     p.add_argument("--allow-leakage", action="store_true",
                    help="train on evaluation-set species anyway (reported in curation.json)")
-    p.add_argument("--unseen-fraction", type=float, default=0.0,
+    p.add_argument("--unseen-fraction", type=float, default=None,
                    help="fraction of species held out entirely into test_unseen (default 0)")
     p.add_argument("--unseen-species", default=None,
                    help="species held out into test_unseen: a file with one name per line, or 'A b,C d'")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="per seen species (default 0.1)")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="per seen species (default 0.1)")
+    p.add_argument("--val-fraction", type=float, default=None, help="per seen species (default 0.1)")
+    p.add_argument("--test-fraction", type=float, default=None, help="per seen species (default 0.1)")
+    p.add_argument("--ignore-split-column", action="store_true",
+                   help="split by the fractions even though the table has a split column (default: the column's "
+                        "splits are used, and fractions given with it are refused)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard (default 1000)")
     p.add_argument("--shuffle-buffer", type=int, default=50_000,
                    help="semi-global shuffle group size (default 50000; a full shuffle below it)")

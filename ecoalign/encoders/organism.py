@@ -7,6 +7,7 @@ with ``weights=`` a local checkpoint (or None: random init, labelled so), open_c
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -193,19 +194,39 @@ def _load_arch(arch: str, weights: str | None, device: str) -> OrganismEncoder:
                                  expected=f"one of open_clip.list_models(); close names: {close or 'none'}; "
                                           f"tiny CPU configs: {sorted(TINY_CONFIGS)}")
     model_cfg = open_clip.get_model_config(arch)
-    model, train_pp, val_pp = open_clip.create_model_and_transforms(arch, pretrained=None)
-    info = {"arch": arch, "weights": "none", "weights_sha256": None, "random_weights": True}
-    if weights is not None:
+    wpath = None
+    if weights is not None:  # checked before the model is built: a bad path fails at once, alone
         wpath = Path(weights).expanduser()
         if not wpath.is_file():
             raise EcoalignInputError("checkpoint file not found", path=wpath,
                                      expected=f"a local open_clip checkpoint {WEIGHT_SUFFIXES} for '{arch}'")
         if not wpath.name.endswith(WEIGHT_SUFFIXES):
             raise EcoalignInputError("unsupported checkpoint type", path=wpath, expected=f"one of {WEIGHT_SUFFIXES}")
+    with _without_open_clip_random_init_warning():  # we say ourselves when weights are random
+        model, train_pp, val_pp = open_clip.create_model_and_transforms(arch, pretrained=None)
+    info = {"arch": arch, "weights": "none", "weights_sha256": None, "random_weights": True}
+    if wpath is not None:
         _load_checkpoint(model, wpath, arch)
         info.update(weights=str(wpath.resolve()), weights_sha256=sha256_file(wpath), random_weights=False)
     return OrganismEncoder(model, val_pp, open_clip.get_tokenizer(arch), info, model_cfg=model_cfg,
                            train_preprocess=train_pp, device=device)
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _without_open_clip_random_init_warning():
+    """open_clip warns on the root logger that a model without ``pretrained`` is initialised randomly, also when
+    our checkpoint is loaded into it right after; ecoalign reports random weights itself (``random_weights``)."""
+    root, drop = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _load_checkpoint(model, wpath: Path, arch: str) -> None:

@@ -37,6 +37,9 @@ from ecoalign.organism.tables import (
 log = logging.getLogger(__name__)
 SPLIT_PRIORITY = {"test_unseen": 0, "test": 1, "val": 2, "train": 3}  # which copy of a duplicate survives
 _FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+# written by webdataset's ShardWriter: <key>.<image ext>, <key>.txt (taxonomic + common caption, what open_clip_train
+# reads), <key>.json, <key>.<text type>.txt; <split>/sizes.json with the samples per shard
+SHARD_FORMAT = 2
 
 
 def check_image(data: bytes) -> tuple[str, tuple[int, int]]:
@@ -154,19 +157,39 @@ def _assign_splits(groups: Mapping[str, list[int]], species_level: set[str], uns
 def curate(table: str | os.PathLike, out: str | os.PathLike, *, min_per_species: int = 1,
            max_per_species: int | None = None, include: Sequence[str] = (), exclude: Sequence[str] = (),
            eval_sets: Mapping[str, str | os.PathLike] | Sequence[str] | None = None, allow_leakage: bool = False,
-           unseen_fraction: float = 0.0, unseen_species=None, val_fraction: float = 0.1,
-           test_fraction: float = 0.1, shard_size: int = 1000, shuffle_buffer: int | None = 50_000,
-           seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+           unseen_fraction: float | None = None, unseen_species=None, val_fraction: float | None = None,
+           test_fraction: float | None = None, ignore_split_column: bool = False, shard_size: int = 1000,
+           shuffle_buffer: int | None = 50_000, seed: int = 0, overwrite: bool = False,
+           progress: bool = True) -> dict:
     """Curate ``table`` into ``out`` (see the module docstring); returns the curation record (curation.json).
 
     Python face of ``ecoalign curate``, same arguments: ``include``/``exclude`` are 'RANK=NAME' strings,
-    ``eval_sets`` {name: table} or 'NAME=TABLE' strings, ``unseen_species`` names, 'A b,C d' or a file."""
+    ``eval_sets`` {name: table} or 'NAME=TABLE' strings, ``unseen_species`` names, 'A b,C d' or a file.
+    Splits come either from the table's split column or from the fractions (default val 0.1, test 0.1,
+    unseen 0): giving fractions with a split column is refused unless ``ignore_split_column``."""
     from tqdm.auto import tqdm
 
     out = Path(out)
     eval_sets = _parse_eval_sets(eval_sets)
     if out.exists() and not overwrite:
         raise EcoalignInputError("output exists", path=out, expected="a new directory, or --overwrite")
+    tab = read_table(table)
+    if ignore_split_column:
+        tab.split_col = None
+    asked_fractions = [name for name, v in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction),
+                                            ("--unseen-fraction", unseen_fraction),
+                                            ("--unseen-species", unseen_species)) if v is not None]
+    if tab.split_col is not None and asked_fractions:
+        raise EcoalignInputError(f"the table has a split column {tab.split_col!r}, and {', '.join(asked_fractions)} "
+                                 f"would be ignored", path=tab.path,
+                                 expected="either the column's splits (no fractions) or the fractions with "
+                                          "--ignore-split-column")
+    split_source = f"column {tab.split_col!r}" if tab.split_col is not None else "fractions"
+    val_fraction = 0.1 if val_fraction is None else val_fraction
+    test_fraction = 0.1 if test_fraction is None else test_fraction
+    unseen_fraction = 0.0 if unseen_fraction is None else unseen_fraction
+    if tab.split_col is not None:
+        log.info("splits taken from the table's column %r (val/test/unseen fractions not used)", tab.split_col)
     for name, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction),
                         ("--unseen-fraction", unseen_fraction)):
         if not 0 <= value < 1:
@@ -178,17 +201,19 @@ def curate(table: str | os.PathLike, out: str | os.PathLike, *, min_per_species:
                                  expected="1 <= min <= max")
     includes, excludes = _parse_filters(include, "--include"), _parse_filters(exclude, "--exclude")
     rng = np.random.default_rng(seed)
-    tab = read_table(table)
     n_rows = len(tab.frame)
     record: dict = {"table": str(tab.path), "seed": seed, "columns": {"image": tab.image_col, **tab.rank_cols,
                     "common": tab.common_col, "split": tab.split_col},
                     "options": {"min_per_species": min_per_species, "max_per_species": max_per_species,
                                 "include": list(include), "exclude": list(exclude),
                                 "eval_sets": eval_sets,
-                                "allow_leakage": allow_leakage, "unseen_fraction": unseen_fraction,
-                                "val_fraction": val_fraction, "test_fraction": test_fraction,
+                                "allow_leakage": allow_leakage, "split_source": split_source,
+                                "ignore_split_column": ignore_split_column,
+                                **({"unseen_fraction": unseen_fraction, "val_fraction": val_fraction,
+                                    "test_fraction": test_fraction} if tab.split_col is None else
+                                   {"unseen_fraction": None, "val_fraction": None, "test_fraction": None}),
                                 "shard_size": shard_size, "shuffle_buffer": shuffle_buffer},
-                    "steps": []}
+                    "shard_format": SHARD_FORMAT, "steps": []}
 
     def step(name, before, after, **extra):
         record["steps"].append({"step": name, "before": before, "after": after, **extra})
@@ -384,7 +409,8 @@ def _write_outputs(out: Path, tab: Table, taxa, sources, sha, splits, record, *,
                                  "rank": t.rank, "shard": f"{split}/shard-{k // shard_size:06d}.tar",
                                  "row": int(i)})
                     bar.update()
-                    yield sample_record(key, data, ext, meta, {kind: text(t, kind) for kind in TEXT_TYPES})
+                    yield sample_record(key, data, ext, meta, {kind: text(t, kind) for kind in TEXT_TYPES},
+                                        caption=text(t, "taxonomic_common"))
 
             (tmp / split).mkdir()
             write_shards(records(), tmp / split, shard_size=shard_size)

@@ -47,25 +47,29 @@ def _norm(col: str) -> str:
     return str(col).strip().lower().replace(" ", "_").replace("-", "_").replace(":", "_")
 
 
-def read_table(path: str | os.PathLike, *, need_images: bool = True) -> Table:
-    """Read a CSV/TSV/Parquet metadata table and guess its image, rank, common-name and split columns."""
+def read_frame(path: str | os.PathLike):
+    """A CSV/TSV/Parquet table as a DataFrame (CSV cells as strings), or a named input error."""
     import pandas as pd
 
     path = Path(path)
     if not path.exists():
-        raise EcoalignInputError("metadata table not found", path=path, expected="a CSV or Parquet file")
+        raise EcoalignInputError("table not found", path=path, expected="a CSV or Parquet file")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        elif path.suffix.lower() in (".csv", ".tsv", ".txt"):
-            frame = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
-        else:
-            raise EcoalignInputError(f"unsupported table format {path.suffix!r}", path=path,
-                                     expected=".csv, .tsv or .parquet")
-    except EcoalignInputError:
-        raise
+            return pd.read_parquet(path)
+        if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+            return pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
     except Exception as exc:
         raise EcoalignInputError(f"cannot read table: {exc}", path=path, expected="a CSV or Parquet file") from exc
+    raise EcoalignInputError(f"unsupported table format {path.suffix!r}", path=path, expected=".csv, .tsv or .parquet")
+
+
+def read_table(path: str | os.PathLike, *, need_images: bool = True) -> Table:
+    """Read a CSV/TSV/Parquet metadata table and guess its image, rank, common-name and split columns."""
+    path = Path(path)
+    if not path.exists():
+        raise EcoalignInputError("metadata table not found", path=path, expected="a CSV or Parquet file")
+    frame = read_frame(path)
     by_norm = {}
     for c in frame.columns:
         by_norm.setdefault(_norm(c), c)

@@ -1,10 +1,14 @@
 """``ecoalign train-organism``: CLIP training of an open_clip model on curated organism shards (BioCLIP recipe).
 
-Each image, each time it is drawn, is paired with one text type sampled from ``taxonomy.TEXT_TYPES`` (BioCLIP's
-mixed text types) or a fixed one, placed in a random CLIP template. Optional experience replay (BioCLIP 2):
+Data are streamed from webdataset shards (``organism.stream``; memory does not grow with the data set): curated
+sets, shard patterns or caption tables, several mixed by weight (``organism.train_sources``). Each organism
+image, each time it is drawn, is paired with one text type sampled from ``taxonomy.TEXT_TYPES`` (BioCLIP's mixed
+text types) or a fixed one, placed in a random CLIP template; general image-caption pairs keep their caption (so a
+model can be pretrained on them, then fine-tuned on taxonomic text). Optional experience replay (BioCLIP 2):
 general image-text pairs share the towers but go through their own visual projection (a copy of the original one)
-and their own CLIP loss, weighted by ``replay_weight``. All randomness is keyed by (seed, epoch, index) or by step,
-so a resumed run takes the same path as an uninterrupted one. DDP via ``torchrun``; only rank 0 writes.
+and their own CLIP loss, weighted by ``replay_weight``. All randomness is keyed by stream position, and the
+checkpoint stores each worker's position, so a resumed run takes the same path as an uninterrupted one (with the
+same processes and workers). DDP via ``torchrun``; only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -23,20 +27,13 @@ import numpy as np
 
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import load_torch, save_torch, write_json, write_text
-from ecoalign.organism.train_data import (
-    CaptionedImages,
-    PairCaption,
-    ReplayBatches,
-    SpeciesCaption,
-    epoch_batches,
-    load_general_pairs,
-    load_species_samples,
-)
+from ecoalign.organism.train_data import CAPTION, MakeSample
 
 log = logging.getLogger(__name__)
 
 RUNS_DIR = Path("runs") / "train_organism"
-RUNTIME_KEYS = ("max_steps", "device", "num_workers", "progress", "checkpoint_every", "log_every")  # may change on resume
+RUNTIME_KEYS = ("max_steps", "device", "threads", "progress", "checkpoint_every", "log_every")  # may change on resume
+PRECISIONS = ("auto", "fp32", "bf16", "amp")
 METRIC_COLUMNS = ("step", "epoch", "loss", "species_loss", "replay_loss", "logit_scale", "lr", "images_per_s",
                   "val_loss")
 
@@ -157,16 +154,24 @@ def _validate(c: dict) -> None:
     from ecoalign.data.taxonomy import TEXT_TYPES
 
     if not c.get("curated"):
-        raise EcoalignInputError("no curated data set given", expected="curated=<the --out directory of ecoalign curate> (--data on the command line)")
-    if c["text_type"] != "mixed" and c["text_type"] not in TEXT_TYPES:
-        raise EcoalignInputError(f"text_type={c['text_type']!r}", expected=f"'mixed' or one of {TEXT_TYPES}")
+        raise EcoalignInputError("no training data given", expected="curated=<the --out directory of ecoalign curate, "
+                                 "shards, a shard pattern or a caption table> (--data on the command line)")
+    if c["text_type"] not in ("mixed", CAPTION, *TEXT_TYPES):
+        raise EcoalignInputError(f"text_type={c['text_type']!r}",
+                                 expected=f"'mixed', '{CAPTION}' (the plain .txt captions) or one of {TEXT_TYPES}")
     for key in ("batch_size", "epochs"):
         if int(c[key]) < 1:
             raise EcoalignInputError(f"{key}={c[key]}", expected="a positive integer")
     if c.get("replay") and int(c["replay_batch_size"]) < 2:
         raise EcoalignInputError(f"replay_batch_size={c['replay_batch_size']}", expected="at least 2 (a CLIP loss)")
-    if c["amp"] not in ("auto", "bf16", "fp16", "off"):
-        raise EcoalignInputError(f"amp={c['amp']!r}", expected="auto | bf16 | fp16 | off")
+    if c.get("precision", "auto") not in PRECISIONS:
+        raise EcoalignInputError(f"precision={c['precision']!r}", expected=" | ".join(PRECISIONS))
+    for key in ("num_workers", "shuffle_buffer"):
+        if int(c[key]) < (0 if key == "num_workers" else 1):
+            raise EcoalignInputError(f"{key}={c[key]}", expected="a non-negative integer" if key == "num_workers"
+                                     else "a positive integer")
+    if c.get("threads") is not None and int(c["threads"]) < 1:
+        raise EcoalignInputError(f"threads={c['threads']}", expected="a positive integer, or null (torch's choice)")
 
 
 def _model_name(arch: str) -> str:
@@ -212,43 +217,43 @@ def train_organism(cfg=None, /, *, overrides: Sequence[str] = (), **kwargs) -> P
     say = _log if main else (lambda msg: None)
     seed = int(c["seed"])
     torch.manual_seed(seed)
+    if c.get("threads"):
+        torch.set_num_threads(int(c["threads"]))
+    from ecoalign.organism.stream import SampleStream, merge_positions
+    from ecoalign.organism.train_sources import resolve_sources
 
-    samples = load_species_samples(c["curated"], c["train_split"], rank=rank, world=world)
-    n_local = len(samples)
-    if world > 1:  # equal step counts on every rank
-        n_min = torch.tensor(n_local)
-        torch.distributed.all_reduce(n_min, op=torch.distributed.ReduceOp.MIN)
-        n_local = int(n_min)
-        samples = samples[:n_local]
-    batch = int(c["batch_size"])
-    steps_per_epoch = n_local // batch
+    sources = resolve_sources(c["curated"], c.get("data_weights"), c["train_split"])
+    replay_sources = resolve_sources(c["replay"]) if c.get("replay") else None
+    batch, workers = int(c["batch_size"]), int(c["num_workers"])
+    epoch_samples = int(c.get("epoch_samples") or sum(s.samples for s in sources))
+    steps_per_epoch = epoch_samples // (batch * world)
     if steps_per_epoch == 0:
-        raise EcoalignInputError(f"batch_size={batch} is larger than the {n_local} training images per process",
-                                 path=c["curated"], expected="a smaller batch_size or more images")
+        raise EcoalignInputError(f"batch_size={batch} is larger than the {epoch_samples // world} training images "
+                                 f"per process", path=c["curated"], expected="a smaller batch_size or more images")
     total_steps = steps_per_epoch * int(c["epochs"])
     stop_at = min(total_steps, int(c["max_steps"])) if c.get("max_steps") else total_steps
-    pairs = load_general_pairs(c["replay"], rank=rank, world=world) if c.get("replay") else None
-    if pairs is not None and len(pairs) < int(c["replay_batch_size"]):
-        raise EcoalignInputError(f"{len(pairs)} general image-text pairs per process, fewer than "
+    if replay_sources is not None and sum(s.samples for s in replay_sources) < int(c["replay_batch_size"]):
+        raise EcoalignInputError(f"{sum(s.samples for s in replay_sources)} general image-text pairs, fewer than "
                                  f"replay_batch_size={c['replay_batch_size']}", path=c["replay"])
 
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    state = load_torch(ckpt_path) if resuming and ckpt_path.exists() else None
     encoder = load_organism_encoder(_model_name(str(c["arch"])), weights=c.get("weights"))
     start_info = {k: encoder.info.get(k) for k in ("arch", "weights", "weights_sha256", "random_weights")}
     if encoder.random_weights and not resuming and main:
         log.warning("training starts from RANDOM weights (%s, no weights): fine for tests and the demo world; give "
                     "a checkpoint to fine-tune a pretrained model", start_info["arch"])
-    tf, tok = encoder.train_preprocess, encoder.tokenizer
-    species_ds = CaptionedImages([s["image"] for s in samples], SpeciesCaption(samples, c["text_type"],
-                                                                               c["templates"]), tf, tok, seed)
-    replay_ds = None if pairs is None else CaptionedImages([p["image"] for p in pairs], PairCaption(pairs), tf, tok,
-                                                           seed + 1)
-    say(f"{n_local * world} training images ({c['train_split']}), {steps_per_epoch} steps/epoch x {c['epochs']} "
-        f"epochs, batch {batch} x {world} process(es), text {c['text_type']}"
-        + (f", replay {len(replay_ds) * world} pairs x{c['replay_weight']}" if replay_ds else ""))
+    say(f"{epoch_samples} training images per epoch from {len(sources)} source(s) "
+        f"({', '.join(f'{s.spec}: {s.samples}' for s in sources)}), {steps_per_epoch} steps/epoch x "
+        f"{c['epochs']} epochs, batch {batch} x {world} process(es), text {c['text_type']}"
+        + (f", replay {sum(s.samples for s in replay_sources)} pairs x{c['replay_weight']}" if replay_sources else ""))
 
-    model = _contrastive_model_class()(encoder.model, replay=replay_ds is not None).to(device)
+    model = _contrastive_model_class()(encoder.model, replay=replay_sources is not None).to(device)
     if c["grad_checkpointing"]:
         encoder.model.set_grad_checkpointing(True)
+    precision, autocast, channels_last = _precision(c.get("precision", "auto"), device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(_param_groups(model, float(c["weight_decay"])), lr=float(c["lr"]),
                                   betas=(0.9, 0.98), eps=1e-6)
     from open_clip.loss import ClipLoss
@@ -256,88 +261,108 @@ def train_organism(cfg=None, /, *, overrides: Sequence[str] = (), **kwargs) -> P
 
     schedule = cosine_lr(optimizer, float(c["lr"]), int(c["warmup_steps"]), total_steps)
     loss_fn = ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world)
-    amp_dtype = _amp_dtype(c["amp"], device)
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype is not None else nullcontext
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler("cuda") if precision == "amp" and device.startswith("cuda") else None
 
     if main and not resuming:  # written once the set-up has succeeded, so a failed start leaves no run behind
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", yaml.safe_dump(c, sort_keys=False))
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
-    step, rows = 0, []
-    if resuming and ckpt_path.exists():
-        state = load_torch(ckpt_path)
+    step, rows, data_state = 0, [], {"positions": {}, "replay_positions": {}, "skipped": 0, "skipped_first": []}
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, rows = int(state["step"]), list(state["metrics"])
+        data_state = _check_data_state(state.get("data"), world, workers, ckpt_path) or data_state
         say(f"resuming {run_dir} at step {step} of {total_steps}")
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.startswith("cuda") else None)
 
+    positions, replay_positions = data_state["positions"], data_state["replay_positions"]
+
     def checkpoint():
+        everything = merge_positions(positions, world, workers)
+        replay_all = merge_positions(replay_positions, world, workers) if replay_sources else {}
         if main:
+            data = {"world": world, "workers": max(1, workers), "positions": everything,
+                    "replay_positions": replay_all, "skipped": data_state["skipped"],
+                    "skipped_first": data_state["skipped_first"]}
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else None, "step": step,
-                        "metrics": rows}, ckpt_path)
+                        "metrics": rows, "data": data}, ckpt_path)
             _write_metrics(run_dir / "metrics.csv", rows)
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=stop_at, initial=step, desc="train-organism", unit="step",
                disable=not (main and c["progress"]))
-    loader_kw = {"num_workers": int(c["num_workers"]), "pin_memory": device.startswith("cuda")}
-    replay_iter = None
-    if replay_ds is not None:
-        replay_iter = iter(torch.utils.data.DataLoader(
-            replay_ds, batch_sampler=ReplayBatches(len(replay_ds), int(c["replay_batch_size"]), seed, step),
-            **loader_kw))
+    tf, tok = encoder.train_preprocess, encoder.tokenizer
+    make = MakeSample(tf, c["text_type"], c["templates"])
+
+    def loader(srcs, size, start, sample_seed):
+        stream = SampleStream(srcs, batch=size, seed=sample_seed, make_sample=make, tokenizer=tok,
+                              shuffle_buffer=int(c["shuffle_buffer"]), rank=rank, world=world, workers=workers,
+                              start=start, shift=step)
+        return iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
+                                                pin_memory=device.startswith("cuda"),
+                                                persistent_workers=False))
+
+    def take(it, where):
+        images, tokens, report = next(it)
+        where[report["worker"]] = report["position"]
+        for event in report["skipped"]:
+            data_state["skipped"] += 1
+            if len(data_state["skipped_first"]) < 100:
+                data_state["skipped_first"].append(event)
+            log.warning("skipped a sample: %s: %s (%s)", event["where"], event["reason"], event["source"])
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, tokens.to(device, non_blocking=True)
+
+    species_iter = loader(sources, batch, positions, seed)
+    replay_iter = loader(replay_sources, int(c["replay_batch_size"]), replay_positions, seed + 1) \
+        if replay_sources else None
     t0, cpu0, images_done, tick = time.perf_counter(), time.process_time(), 0, (time.perf_counter(), step)
     model.train()
     while step < stop_at:
         epoch = step // steps_per_epoch
-        loader = torch.utils.data.DataLoader(
-            species_ds, batch_sampler=epoch_batches(n_local, batch, seed, epoch, step % steps_per_epoch), **loader_kw)
-        for images, tokens in loader:
-            schedule(step)
-            images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
-            r_images = r_tokens = None
-            if replay_iter is not None:
-                r_images, r_tokens = (t.to(device, non_blocking=True) for t in next(replay_iter))
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                img, txt, r_img, r_txt, scale = train_model(images, tokens, r_images, r_tokens)
-                species_loss = loss_fn(img, txt, scale)
-                replay_loss = loss_fn(r_img, r_txt, scale) if r_img is not None else None
-                loss = species_loss + float(c["replay_weight"]) * replay_loss if replay_loss is not None \
-                    else species_loss
-            _backward_and_step(loss, optimizer, scaler, model, c.get("grad_clip"))
-            with torch.no_grad():
-                model.clip.logit_scale.clamp_(0, math.log(100))
-            step += 1
-            images_done += len(images)
-            bar.update(1)
-            end_of_epoch = step % steps_per_epoch == 0
-            if main and (step % int(c["log_every"]) == 0 or end_of_epoch or step == stop_at):
-                now = time.perf_counter()
-                ips = (step - tick[1]) * batch * world / max(now - tick[0], 1e-9)
-                tick = (now, step)
-                rows.append({"step": step, "epoch": epoch, "loss": loss.item(), "species_loss": species_loss.item(),
-                             "replay_loss": None if replay_loss is None else replay_loss.item(),
-                             "logit_scale": scale.item(), "lr": optimizer.param_groups[0]["lr"],
-                             "images_per_s": ips, "val_loss": None})
-                bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
-            if end_of_epoch and main and c.get("val_split"):
-                val = _val_loss(model, encoder, c, device, autocast)
-                if val is not None and rows:
-                    rows[-1]["val_loss"] = val
-            if step % int(c["checkpoint_every"]) == 0 or end_of_epoch or step == stop_at:
-                checkpoint()
-            if step >= stop_at:
-                break
+        schedule(step)
+        images, tokens = take(species_iter, positions)
+        r_images = r_tokens = None
+        if replay_iter is not None:
+            r_images, r_tokens = take(replay_iter, replay_positions)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            img, txt, r_img, r_txt, scale = train_model(images, tokens, r_images, r_tokens)
+            species_loss = loss_fn(img, txt, scale)
+            replay_loss = loss_fn(r_img, r_txt, scale) if r_img is not None else None
+            loss = species_loss + float(c["replay_weight"]) * replay_loss if replay_loss is not None \
+                else species_loss
+        _backward_and_step(loss, optimizer, scaler, model, c.get("grad_clip"))
+        with torch.no_grad():
+            model.clip.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        images_done += len(images)
+        bar.update(1)
+        end_of_epoch = step % steps_per_epoch == 0
+        if main and (step % int(c["log_every"]) == 0 or end_of_epoch or step == stop_at):
+            now = time.perf_counter()
+            ips = (step - tick[1]) * batch * world / max(now - tick[0], 1e-9)
+            tick = (now, step)
+            rows.append({"step": step, "epoch": epoch, "loss": loss.item(), "species_loss": species_loss.item(),
+                         "replay_loss": None if replay_loss is None else replay_loss.item(),
+                         "logit_scale": scale.item(), "lr": optimizer.param_groups[0]["lr"],
+                         "images_per_s": ips, "val_loss": None})
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
+        if end_of_epoch and main and c.get("val_split"):
+            val = _val_loss(model, encoder, c, device, autocast)
+            if val is not None and rows:
+                rows[-1]["val_loss"] = val
+        if step % int(c["checkpoint_every"]) == 0 or end_of_epoch or step == stop_at:
+            checkpoint()
     bar.close()
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     if world > 1:
@@ -345,9 +370,10 @@ def train_organism(cfg=None, /, *, overrides: Sequence[str] = (), **kwargs) -> P
     if step < total_steps:
         say(f"stopped at step {step} of {total_steps} (max_steps); continue with --resume {run_dir}")
     elif main:
-        _finish(run_dir, encoder, model, c, start_info, step, rows, samples_total=n_local * world, world=world,
-                device=device, amp=amp_dtype, seconds=seconds, cpu_seconds=cpu_seconds, images_done=images_done * world,
-                replay=None if replay_ds is None else len(replay_ds) * world)
+        _finish(run_dir, encoder, model, c, start_info, step, rows, samples_total=epoch_samples, world=world,
+                device=device, precision=precision, seconds=seconds, cpu_seconds=cpu_seconds,
+                images_done=images_done * world, data_state=data_state,
+                replay=None if replay_sources is None else sum(s.samples for s in replay_sources))
     if world > 1:
         torch.distributed.barrier()
     return run_dir
@@ -371,14 +397,41 @@ def _backward_and_step(loss, optimizer, scaler, model, grad_clip) -> None:
         scaler.update()
 
 
-def _amp_dtype(amp: str, device: str):
+def _precision(precision: str, device: str):
+    """(resolved precision, autocast context factory, channels-last?). fp32: no autocast; bf16: bfloat16 autocast
+    (CUDA or CPU); amp: float16 autocast with a grad scaler on CUDA (open_clip's 'amp'), bfloat16 on CPU; auto:
+    bf16 on a CUDA device that supports it, else amp, and fp32 on CPU. Channels-last on CUDA with autocast
+    (the convolutional patch embedding runs faster in it)."""
     import torch
 
-    if amp == "off" or not device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "amp") if cuda else "fp32"
+    if precision == "fp32":
+        return precision, nullcontext, False
+    dtype = torch.float16 if precision == "amp" and cuda else torch.bfloat16
+    kind = "cuda" if cuda else "cpu"
+    return precision, (lambda: torch.autocast(kind, dtype=dtype)), cuda
+
+
+def _check_data_state(data: dict | None, world: int, workers: int, ckpt_path: Path) -> dict | None:
+    """The saved stream positions, usable only with the same processes x workers (they key the shard split)."""
+    if data is None:
+        log.warning("%s has no data position (older checkpoint): the data stream starts again from its beginning",
+                    ckpt_path)
         return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    if (data["world"], data["workers"]) != (world, max(1, workers)):
+        raise EcoalignInputError(f"this run was checkpointed with {data['world']} process(es) x {data['workers']} "
+                                 f"DataLoader worker(s); now {world} x {max(1, workers)}", path=ckpt_path,
+                                 expected="--resume with the same number of processes and --workers, which split "
+                                          "the shards between them")
+    return {**data, "positions": {g: p for g, p in data["positions"].items() if g // max(1, workers) == _rank()},
+            "replay_positions": {g: p for g, p in data["replay_positions"].items()
+                                 if g // max(1, workers) == _rank()}}
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def _val_loss(model, encoder, c: dict, device, autocast, cap: int = 512) -> float | None:
@@ -392,7 +445,10 @@ def _val_loss(model, encoder, c: dict, device, autocast, cap: int = 512) -> floa
     from ecoalign.data.taxonomy import TEMPLATES, text
     from ecoalign.organism.shards import iter_samples, shard_paths
 
-    paths = shard_paths(c["curated"], c["val_split"])
+    specs = [c["curated"]] if isinstance(c["curated"], (str, os.PathLike)) else list(c["curated"])
+    if not (Path(specs[0]) / "curation.json").exists():  # validation split: of the first source, when curated
+        return None
+    paths = shard_paths(specs[0], c["val_split"])
     if not paths:
         return None
     batch, losses, loss_fn = int(c["batch_size"]), [], ClipLoss()
@@ -412,6 +468,12 @@ def _val_loss(model, encoder, c: dict, device, autocast, cap: int = 512) -> floa
     return float(np.mean(losses)) if losses else None
 
 
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _write_metrics(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
@@ -421,7 +483,7 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def _finish(run_dir: Path, encoder, model, c: dict, start_info: dict, step: int, rows: list[dict], *, samples_total,
-            world, device, amp, seconds, cpu_seconds, images_done, replay) -> None:
+            world, device, precision, seconds, cpu_seconds, images_done, replay, data_state) -> None:
     """Save the trained encoder (main projection back in place) and the run report (written last)."""
     training = {"run_dir": str(run_dir.resolve()), "steps": step, "epochs": c["epochs"], "text_type": c["text_type"],
                 "replay": c.get("replay"), "replay_weight": c["replay_weight"] if c.get("replay") else None,
@@ -434,7 +496,8 @@ def _finish(run_dir: Path, encoder, model, c: dict, start_info: dict, step: int,
     report = {"encoder": str(run_dir / "encoder"), "initialised_from": start_info,
               "started_from_random_weights": bool(start_info["random_weights"]), **training,
               "train_images": samples_total, "replay_pairs": replay, "world_size": world, "device": device,
-              "amp": None if amp is None else str(amp).replace("torch.", ""),
+              "precision": precision, "threads": _threads(),
+              "skipped_samples": data_state["skipped"], "skipped_first": data_state["skipped_first"],
               "grad_checkpointing": bool(c["grad_checkpointing"]), "seconds_this_session": seconds,
               "images_per_s_this_session": images_done / max(seconds, 1e-9),
               "cpu_seconds_this_session": cpu_seconds,  # this process only (not DataLoader workers)

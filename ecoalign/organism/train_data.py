@@ -1,101 +1,73 @@
-"""What ``train-organism`` feeds the model: curated samples and general pairs kept encoded, one caption per draw,
-and batch orders, all keyed by (seed, epoch, index) or by step so a resumed run sees exactly the batches an
+"""What ``train-organism`` makes of one raw shard sample: the image (decoded and augmented) and one caption per
+draw, both from an RNG keyed by the sample's stream position, so a resumed run sees exactly the views an
 uninterrupted one would.
+
+Organism samples (a ``.json`` sidecar with a taxon) get a text type (fixed, or one drawn per draw for "mixed")
+in a random CLIP template; samples without taxonomy (general image-caption pairs) get their ``.txt`` as is, and
+so do organism samples with ``text_type="caption"``.
 """
 from __future__ import annotations
 
-from typing import Callable
+import json
 
-import numpy as np
-
-
-def load_species_samples(curated_dir, split: str, *, rank: int = 0, world: int = 1) -> list[dict]:
-    """This process's share (every ``world``-th sample, equal counts per rank) of a curated split, images kept
-    encoded: dicts with ``image`` (bytes), ``texts`` and ``taxon``."""
-    from ecoalign.organism.shards import iter_samples, shard_paths
-
-    paths = shard_paths(curated_dir, split)
-    return [{"image": s["image"], "texts": s["texts"], "taxon": s["taxon"]}
-            for i, s in enumerate(iter_samples(paths, decode=False)) if i % world == rank]
+CAPTION = "caption"  # text type: the plain <key>.txt caption of every sample
 
 
-def load_general_pairs(path, *, rank: int = 0, world: int = 1) -> list[dict]:
-    from ecoalign.organism.shards import read_general_pairs
+def species_caption(texts: dict, taxon, text_type: str, templates: bool, rng) -> str:
+    from ecoalign.data.taxonomy import TEMPLATES, TEXT_TYPES, text
 
-    return [{"image": p["image"], "text": p["text"]}
-            for i, p in enumerate(read_general_pairs(path, decode=False)) if i % world == rank]
+    kind = TEXT_TYPES[rng.integers(len(TEXT_TYPES))] if text_type == "mixed" else text_type
+    raw = texts.get(kind) or text(taxon, kind)
+    tpls = TEMPLATES if templates else ("{}",)
+    return tpls[rng.integers(len(tpls))].format(raw)
 
 
 class SpeciesCaption:
-    """Caption of a species sample: text type (fixed or mixed) from its sidecars, in a random template."""
+    """Caption of sample ``idx`` of a list of organism samples (dicts with ``texts`` and ``taxon``)."""
 
     def __init__(self, samples: list[dict], text_type: str, templates: bool):
-        from ecoalign.data.taxonomy import TEMPLATES, TEXT_TYPES
-
-        self.samples, self.text_type, self.templates = samples, text_type, TEMPLATES if templates else ("{}",)
-        self.kinds = TEXT_TYPES
+        self.samples, self.text_type, self.templates = samples, text_type, templates
 
     def __call__(self, idx: int, rng) -> str:
-        from ecoalign.data.taxonomy import text
-
         s = self.samples[idx]
-        kind = self.kinds[rng.integers(len(self.kinds))] if self.text_type == "mixed" else self.text_type
-        raw = s["texts"].get(kind) or text(s["taxon"], kind)
-        return self.templates[rng.integers(len(self.templates))].format(raw)
+        return species_caption(s["texts"], s["taxon"], self.text_type, self.templates, rng)
 
 
-class PairCaption:
-    def __init__(self, pairs: list[dict]):
-        self.pairs = pairs
+class MakeSample:
+    """raw webdataset sample -> (image tensor, caption), or the reason it cannot be used (a string)."""
 
-    def __call__(self, idx: int, rng) -> str:
-        return self.pairs[idx]["text"]
+    def __init__(self, transform, text_type: str, templates: bool):
+        self.transform, self.text_type, self.templates = transform, text_type, templates
 
+    def caption(self, raw: dict, rng) -> str | None:
+        from ecoalign.organism.shards import taxon_of, texts_of
 
-class CaptionedImages:
-    """Map-style dataset over encoded images; key (epoch, index) -> (image tensor, tokens). The augmentation and
-    caption are drawn from an RNG seeded by (seed, epoch, index): same views after a resume, with any workers."""
+        if self.text_type != CAPTION and "json" in raw:
+            meta = json.loads(raw["json"])
+            if meta.get("taxon"):
+                return species_caption(texts_of(raw), taxon_of(meta), self.text_type, self.templates, rng)
+        if raw.get("txt"):
+            return raw["txt"].decode()
+        return None
 
-    def __init__(self, images: list[bytes], caption: Callable, transform, tokenizer, seed: int):
-        self.images, self.caption, self.transform, self.tokenizer, self.seed = images, caption, transform, tokenizer, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key):
+    def __call__(self, raw: dict, source: int, rng):
         import torch
 
-        from ecoalign.organism.shards import decode_image
+        from ecoalign.organism.shards import decode_image, image_of
 
-        epoch, idx = key
-        rng = np.random.default_rng([self.seed, epoch, idx])
-        text = self.caption(idx, rng)
+        data = raw.get("img", image_of(raw)[1])
+        if data is None:
+            return "no image member (.jpg/.png/.webp)"
+        try:
+            text = self.caption(raw, rng)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return f"unreadable text sidecar: {exc}"
+        if not text:
+            return "no text (no .txt and no taxon in .json)"
+        try:
+            image = decode_image(data)
+        except Exception as exc:  # noqa: BLE001  PIL raises OSError, SyntaxError, ValueError... on broken images
+            return f"image does not decode: {exc}"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2 ** 31)))
-            image = self.transform(decode_image(self.images[idx]))
-        return image, self.tokenizer([text])[0]
-
-
-def epoch_batches(n: int, batch: int, seed: int, epoch: int, start: int = 0) -> list[list[tuple[int, int]]]:
-    """The (epoch, index) batches of one epoch, from batch ``start`` on (drop_last, as CLIP training does)."""
-    perm = np.random.default_rng([seed, epoch, 17]).permutation(n)
-    return [[(epoch, int(i)) for i in perm[b * batch:(b + 1) * batch]] for b in range(start, n // batch)]
-
-
-class ReplayBatches:
-    """Endless replay batches: step s takes items s*B .. s*B+B-1 of a stream of reshuffled passes (deterministic)."""
-
-    def __init__(self, n: int, batch: int, seed: int, start_step: int):
-        self.n, self.batch, self.seed, self.start_step = n, batch, seed, start_step
-
-    def __iter__(self):
-        step, perms = self.start_step, {}
-        while True:
-            out = []
-            for pos in range(step * self.batch, (step + 1) * self.batch):
-                cycle = pos // self.n
-                if cycle not in perms:
-                    perms = {cycle: np.random.default_rng([self.seed, cycle, 29]).permutation(self.n)}
-                out.append((cycle, int(perms[cycle][pos % self.n])))
-            yield out
-            step += 1
+            return self.transform(image), text
