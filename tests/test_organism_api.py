@@ -144,7 +144,7 @@ def test_predict_and_embed_images(made, capsys):
     assert [s["file_name"] for s in skipped] == ["broken.jpg"]
     assert pd.read_csv(root / "pred.parquet.skipped.csv").to_dict("records") == skipped
     assert len(table) == 12 * 3 and list(table.columns) == ["file_name", "kingdom", "phylum", "class", "order",
-                                                            "family", "genus", "score", "rank"]
+                                                            "family", "genus", "score", "position"]
 
     custom = root / "custom.csv"
     assert main(["predict", str(photos), "--encoder", str(run), "--classes", "red thing,blue thing", "--k", "1",

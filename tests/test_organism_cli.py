@@ -86,7 +86,7 @@ def test_predict_and_embed_images_flat_tables(trained, capsys):
     assert main(["predict", str(d["folder"]), "--encoder", str(d["run"]), "--labels", str(d["table"]),
                  "--rank", "family", "--k", "3", "--out", str(pred)]) == 0
     p = pd.read_parquet(pred)
-    assert list(p.columns) == ["file_name", *RANKS[:5], "score", "rank"]
+    assert list(p.columns) == ["file_name", *RANKS[:5], "score", "position"]
     assert p["file_name"].nunique() == d["n_images"] and (p.groupby("file_name").size() == 3).all()
     assert (p.groupby("file_name")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
     skipped = pd.read_csv(pred.with_name(pred.name + ".skipped.csv"))
@@ -97,7 +97,7 @@ def test_predict_and_embed_images_flat_tables(trained, capsys):
     assert main(["predict", str(d["folder"]), "--encoder", str(d["run"]), "--classes", "orchid,beetle,bear",
                  "--k", "1", "--out", str(custom)]) == 0
     c = pd.read_csv(custom)
-    assert list(c.columns) == ["file_name", "classification", "score", "rank"]
+    assert list(c.columns) == ["file_name", "classification", "score", "position"]
     assert set(c["classification"]) <= {"orchid", "beetle", "bear"}
 
     emb_csv = d["root"] / "emb.csv"

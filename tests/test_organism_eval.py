@@ -222,9 +222,9 @@ def test_predict_and_embed_folder_rows_skip_broken_images(tmp_path):
     enc = VectorTextEncoder({"red": _unit(1, 0, 0), "blue": _unit(0, 0, 1), "green": _unit(0, 1, 0)}, 10.0)
     classes = ev.custom_classes(enc, ["red", "blue", "green"], templates=("{}",))
     table, skipped = predict_folder(enc, tmp_path, classes, k=2, progress=False)
-    assert list(table.columns) == ["file_name", "classification", "score", "rank"]
+    assert list(table.columns) == ["file_name", "classification", "score", "position"]
     assert [s[0] for s in skipped] == ["broken.jpg"]
-    best = table[table["rank"] == 1].set_index("file_name")["classification"].to_dict()
+    best = table[table["position"] == 1].set_index("file_name")["classification"].to_dict()
     assert best == {"red.png": "red", "sub/blue.jpg": "blue"}
     emb, skipped = embed_folder(enc, tmp_path, progress=False)
     assert list(emb.columns) == ["file_name", "emb_000", "emb_001", "emb_002"] and len(emb) == 2

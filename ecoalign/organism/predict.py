@@ -35,7 +35,7 @@ def prediction_rows(names: Sequence[str], scores: np.ndarray, classes: ZeroShotC
                 if classes.rank == "species":
                     out["common_name"] = taxon.common
             out["score"] = float(row[c])
-            out["rank"] = pos
+            out["position"] = pos  # 1 = best; "rank" means taxonomic rank everywhere else
             rows.append(out)
     return rows
 
