@@ -135,14 +135,24 @@ def shard_sizes(paths: list[str | os.PathLike]) -> list[int]:
             f = p.parent / SIZES
             cache[p.parent] = json.loads(f.read_text()) if f.exists() else {}
         n = cache[p.parent].get(p.name)
-        if n is None:
-            try:
-                with tarfile.open(p, "r") as tar:
-                    n = len({m.name.rsplit("/", 1)[-1].split(".", 1)[0] for m in tar if m.isfile()})
-            except (tarfile.TarError, OSError) as exc:
-                raise EcoalignInputError(f"cannot read shard: {exc}", path=p, expected="a tar file") from exc
-        out.append(int(n))
+        out.append(int(n) if n is not None else _count_keys(p))
     return out
+
+
+def _count_keys(path: Path) -> int:
+    """Distinct keys in a tar's headers; a damaged tar counts what comes before the damage (the stream then
+    skips and reports the rest), a file that is no tar at all is refused."""
+    keys: set[str] = set()
+    try:
+        with tarfile.open(path, "r") as tar:  # seeks over member data: headers only
+            for m in tar:
+                if m.isfile():
+                    keys.add(m.name.rsplit("/", 1)[-1].split(".", 1)[0])
+    except (tarfile.TarError, OSError) as exc:
+        if not keys:
+            raise EcoalignInputError(f"cannot read shard: {exc}", path=path, expected="a tar file") from exc
+        log.warning("%s is damaged (%s): %d sample(s) before the damage counted", path, exc, len(keys))
+    return len(keys)
 
 
 def iter_samples(paths: Iterable[str | os.PathLike], *, decode: bool = True) -> Iterator[dict]:
@@ -178,7 +188,7 @@ def read_general_pairs(path: str | os.PathLike, *, decode: bool = True) -> Itera
         raise EcoalignInputError("no general image-text pairs found", path=path,
                                  expected="a .tar or a directory of .tar files with <key>.jpg + <key>.txt")
     for group in iter_tar_groups(paths):
-        ext, data = image_of(group)
+        data = image_of(group)[1]
         if data is None or "txt" not in group:
             continue
         yield {"key": group["__key__"], "image": decode_image(data) if decode else data,

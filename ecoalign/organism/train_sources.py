@@ -94,16 +94,20 @@ def shard_list(spec: str, split: str = "train") -> list[Path]:
     if p.is_file():
         return [p]
     named = expand_urls(spec)  # brace expansion ({000..009}) and '::' lists, as webdataset reads them
-    paths = []
+    paths, missing = [], []
     for name in named:
         hits = sorted(glob.glob(name)) if glob.has_magic(name) else [name] if Path(name).is_file() else []
-        if not hits and (glob.has_magic(name) or len(named) == 1):
+        if not hits and glob.has_magic(name):
             raise EcoalignInputError("the shard pattern matches no file", path=name,
                                      expected="existing .tar shards (local paths; {a..b} and * are expanded)")
-        if not hits:
-            raise EcoalignInputError(f"shard {name!r} of the pattern does not exist", path=spec,
-                                     expected="every shard the pattern names")
+        missing += [] if hits else [name]
         paths.extend(Path(h) for h in hits)
+    if len(missing) == len(named):
+        raise EcoalignInputError("the shard pattern matches no file", path=spec,
+                                 expected="existing .tar shards (local paths; {a..b} and * are expanded)")
+    if missing:
+        raise EcoalignInputError(f"{len(missing)} of the {len(named)} shards the pattern names do not exist, "
+                                 f"first: {missing[0]}", path=spec, expected="every shard the pattern names")
     return paths
 
 
