@@ -129,3 +129,16 @@ def test_save_load_roundtrip_local_dir_and_tampering(tiny, photos, tmp_path):
         load_organism_encoder(f"local-dir:{run / 'encoder'}")
     with pytest.raises(EcoalignInputError, match="lacks its config"):
         load_organism_encoder(f"local-dir:{tmp_path}")
+
+
+def test_open_clip_random_init_warning_is_not_shown(tmp_path, caplog):
+    """open_clip warns on the root logger that a model built without `pretrained` is random, before a missing
+    checkpoint is reported and when our own checkpoint is loaded into it; ecoalign reports random weights itself."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(EcoalignInputError, match="checkpoint file not found"):
+            load_organism_encoder(TINY, weights=tmp_path / "nope.pt")
+        enc = load_organism_encoder(TINY)
+        logging.getLogger().warning("No pretrained weights loaded: a root warning after ours still shows")
+    assert enc.random_weights and caplog.text.count("No pretrained weights loaded") == 1
