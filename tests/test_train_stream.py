@@ -211,3 +211,23 @@ def test_caption_table_pretraining_then_taxonomic_fine_tuning(tmp_path, pairs):
     assert not start_from["random_weights"] and start_from["weights"].startswith(str((pre / "encoder").resolve()))
     start = load_organism_encoder(pre).model.state_dict()
     assert any(not torch.equal(v, start[k]) for k, v in enc.model.state_dict().items())
+
+
+def test_cli_flags_reach_the_config(monkeypatch, pairs):
+    """--data (repeatable), --data-weights, --workers, --threads, --precision arrive as the config keys."""
+    import ecoalign.organism.train as train_module
+    from ecoalign.cli import main
+
+    seen = {}
+
+    def fake_train(**kwargs):  # isolates the argument parsing: the training itself is tested above
+        seen.update(kwargs)
+        return pairs
+
+    monkeypatch.setattr(train_module, "train_organism", fake_train)
+    assert main(["train-organism", "--data", "a", "--data", "b", "--data-weights", "3", "1", "--workers", "2",
+                 "--threads", "1", "--precision", "bf16", "--text-type", "caption"]) == 0
+    assert seen["curated"] == ["a", "b"] and seen["data_weights"] == [3.0, 1.0] and seen["num_workers"] == 2
+    assert (seen["threads"], seen["precision"], seen["text_type"]) == (1, "bf16", "caption")
+    main(["train-organism", "--data", "a"])
+    assert seen["curated"] == "a"

@@ -159,6 +159,9 @@ def _validate(c: dict) -> None:
     if c["text_type"] not in ("mixed", CAPTION, *TEXT_TYPES):
         raise EcoalignInputError(f"text_type={c['text_type']!r}",
                                  expected=f"'mixed', '{CAPTION}' (the plain .txt captions) or one of {TEXT_TYPES}")
+    bad = [k for k in c.get("mixed_types") or () if k not in TEXT_TYPES]
+    if bad:
+        raise EcoalignInputError(f"mixed_types {bad}", expected=f"text types from {TEXT_TYPES}")
     for key in ("batch_size", "epochs"):
         if int(c[key]) < 1:
             raise EcoalignInputError(f"{key}={c[key]}", expected="a positive integer")
@@ -299,7 +302,7 @@ def train_organism(cfg=None, /, *, overrides: Sequence[str] = (), **kwargs) -> P
     bar = tqdm(total=stop_at, initial=step, desc="train-organism", unit="step",
                disable=not (main and c["progress"]))
     tf, tok = encoder.train_preprocess, encoder.tokenizer
-    make = MakeSample(tf, c["text_type"], c["templates"])
+    make = MakeSample(tf, c["text_type"], c["templates"], c.get("mixed_types"))
 
     def loader(srcs, size, start, sample_seed):
         stream = SampleStream(srcs, batch=size, seed=sample_seed, make_sample=make, tokenizer=tok,
@@ -316,7 +319,9 @@ def train_organism(cfg=None, /, *, overrides: Sequence[str] = (), **kwargs) -> P
             data_state["skipped"] += 1
             if len(data_state["skipped_first"]) < 100:
                 data_state["skipped_first"].append(event)
-            log.warning("skipped a sample: %s: %s (%s)", event["where"], event["reason"], event["source"])
+            if data_state["skipped"] <= 20 or data_state["skipped"] % 1000 == 0:  # the first ones, then a count
+                log.warning("skipped a sample (%d so far): %s: %s (%s)", data_state["skipped"], event["where"],
+                            event["reason"], event["source"])
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -13,10 +13,12 @@ import json
 CAPTION = "caption"  # text type: the plain <key>.txt caption of every sample
 
 
-def species_caption(texts: dict, taxon, text_type: str, templates: bool, rng) -> str:
+def species_caption(texts: dict, taxon, text_type: str, templates: bool, rng, kinds=None) -> str:
+    """``kinds``: the text types "mixed" draws from (default all of ``taxonomy.TEXT_TYPES``)."""
     from ecoalign.data.taxonomy import TEMPLATES, TEXT_TYPES, text
 
-    kind = TEXT_TYPES[rng.integers(len(TEXT_TYPES))] if text_type == "mixed" else text_type
+    kinds = tuple(kinds or TEXT_TYPES)
+    kind = kinds[rng.integers(len(kinds))] if text_type == "mixed" else text_type
     raw = texts.get(kind) or text(taxon, kind)
     tpls = TEMPLATES if templates else ("{}",)
     return tpls[rng.integers(len(tpls))].format(raw)
@@ -36,8 +38,9 @@ class SpeciesCaption:
 class MakeSample:
     """raw webdataset sample -> (image tensor, caption), or the reason it cannot be used (a string)."""
 
-    def __init__(self, transform, text_type: str, templates: bool):
+    def __init__(self, transform, text_type: str, templates: bool, mixed_types=None):
         self.transform, self.text_type, self.templates = transform, text_type, templates
+        self.mixed_types = mixed_types
 
     def caption(self, raw: dict, rng) -> str | None:
         from ecoalign.organism.shards import taxon_of, texts_of
@@ -45,7 +48,8 @@ class MakeSample:
         if self.text_type != CAPTION and "json" in raw:
             meta = json.loads(raw["json"])
             if meta.get("taxon"):
-                return species_caption(texts_of(raw), taxon_of(meta), self.text_type, self.templates, rng)
+                return species_caption(texts_of(raw), taxon_of(meta), self.text_type, self.templates, rng,
+                                       self.mixed_types)
         if raw.get("txt"):
             return raw["txt"].decode()
         return None
