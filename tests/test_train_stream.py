@@ -125,6 +125,13 @@ def _bad_shards(root):
     return root
 
 
+@pytest.fixture
+def caplog(caplog, monkeypatch):
+    """caplog that also hears the ``ecoalign`` logger after a CLI run in this process stopped its propagation."""
+    monkeypatch.setattr(logging.getLogger("ecoalign"), "propagate", True)
+    return caplog
+
+
 def test_bad_samples_are_skipped_counted_and_named(tmp_path, caplog):
     data = _bad_shards(tmp_path / "bad")
     with caplog.at_level(logging.WARNING):
