@@ -238,3 +238,19 @@ def test_cli_flags_reach_the_config(monkeypatch, pairs):
     assert (seen["threads"], seen["precision"], seen["text_type"]) == (1, "bf16", "caption")
     main(["train-organism", "--data", "a"])
     assert seen["curated"] == "a"
+
+
+def test_resume_with_workers_gives_the_uninterrupted_weights(pairs, tmp_path):
+    """Two DataLoader workers: stopped after 2 of 5 steps and resumed, the weights equal an uninterrupted run's
+    (each worker restarts from its stored position, the round robin where it left off)."""
+    kw = {"curated": str(pairs), "epochs": 1, "batch_size": 8, "val_split": None, "progress": False,
+          "num_workers": 2, "shuffle_buffer": 10, "threads": 1}
+    full = train_organism(out=str(tmp_path / "full"), **kw)
+    part = train_organism(out=str(tmp_path / "part"), max_steps=3, **kw)
+    with pytest.raises(EcoalignInputError, match="cannot change \\['num_workers'\\] when resuming"):
+        train_organism(resume=str(part), num_workers=1)
+    train_organism(resume=str(part), progress=False)
+    a = torch.load(full / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(part / "checkpoints" / "last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 5 and a["data"]["positions"] == b["data"]["positions"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
