@@ -7,9 +7,9 @@ the torch hub cache where torchgeo would download it; nothing is downloaded here
 (.pth/.pt/.safetensors), or ``none`` (random init, seeded, and labelled as such everywhere).
 
 Precision (``PRECISIONS``) is part of the encoder: ``fp32``; ``bf16`` (``torch.autocast`` around the transformer,
-float32 outputs); ``int8`` (torch dynamic quantisation, qint8, of the transformer blocks' ``nn.Linear`` layers,
-CPU only, prepared once per encoder). ``auto`` is bf16 on CUDA and fp32 elsewhere. The wavelength-generated patch
-embedding runs in float32 at every precision.
+float32 outputs); ``int8`` (torch dynamic quantisation, qint8, of the transformer blocks' ``INT8_LAYERS``,
+CPU only, prepared once per encoder; ``INT8_SCHEME``, which says how, is in identities and cache keys). ``auto``
+is bf16 on CUDA and fp32 elsewhere. The wavelength-generated patch embedding runs in float32 at every precision.
 """
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ EMBED_DIMS = {"small": 384, "base": 768, "large": 1024}
 _FRESH_KEYS = {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
 RANDOM_SEED = 0
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+# The linear layers int8 quantises. attn.proj stays float32: its input (the attention output) varies little between
+# windows around a large common part, so per-tensor activation quantisation loses that variation. Measured on
+# DOFA-small (random weights, benchmarks/bench_map.py rasters), the int8 error as a share of the between-window
+# spread of the embedding: all four linears 0.092, proj alone 0.085, qkv+fc1+fc2 0.031 (bf16 autocast: 0.011);
+# per-channel weights change nothing (0.088 / 0.031): the error is the activations'.
+INT8_LAYERS = ("attn.qkv", "mlp.fc1", "mlp.fc2")
+INT8_SCHEME = "dynamic qint8, per-tensor, of " + ", ".join(INT8_LAYERS) + "; the rest float32"
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +195,8 @@ class DOFAFeatures:
     DOFA's dynamic patch embedding runs a small transformer over the wavelengths on every forward; the result
     depends on the wavelengths alone, so it is cached here (always computed in float32). Output equals
     ``model.forward_features`` in fp32; ``precision`` bf16 runs the transformer under ``torch.autocast``
-    (bfloat16), int8 through a dynamically quantised copy of its blocks made on the first call. The patch embedding
+    (bfloat16), int8 through a copy of its blocks with ``INT8_LAYERS`` dynamically quantised, made on the first
+    call. The patch embedding
     is float32 at every precision. Outputs are float32.
     """
 
@@ -217,9 +225,11 @@ class DOFAFeatures:
                 warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
                                         category=DeprecationWarning)
                 warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*", category=UserWarning)
-                self._int8_blocks = quantize_dynamic(torch.nn.ModuleList(self.model.blocks), {torch.nn.Linear},
-                                                     dtype=torch.qint8, inplace=False).eval()
-            log.debug("DOFA transformer blocks quantised to int8 (dynamic, nn.Linear)")
+                blocks = torch.nn.ModuleList(self.model.blocks)
+                layers = {f"{i}.{name}" for i, block in enumerate(blocks) for name, mod in block.named_modules()
+                          if isinstance(mod, torch.nn.Linear) and name in INT8_LAYERS}
+                self._int8_blocks = quantize_dynamic(blocks, layers, dtype=torch.qint8, inplace=False).eval()
+            log.debug("DOFA transformer blocks quantised: %s", INT8_SCHEME)
         return self._int8_blocks
 
     def _patch_kernel(self, device):
@@ -354,6 +364,8 @@ class DOFAEncoder:
                "wavelengths_um": self.wavelengths_um, "embed_dim": self.embed_dim, "precision": self.precision,
                "band_mean": None if self.band_mean is None else [float(v) for v in self.band_mean],
                "band_std": None if self.band_std is None else [float(v) for v in self.band_std]}
+        if self.precision == "int8":  # what int8 means is part of what produced the embedding
+            out["int8_scheme"] = INT8_SCHEME
         if self.adapter is not None:
             out["adapter_sha256"] = self.metadata.get("adapter_sha256")
             out["run_dir"] = self.metadata.get("run_dir")
