@@ -6,8 +6,8 @@ Models and weights are looked up through torchgeo's registry (``torchgeo.models.
 the torch hub cache where torchgeo would download it; nothing is downloaded here), a local checkpoint
 (.pth/.pt/.safetensors), or ``none`` (random init, seeded, and labelled as such everywhere).
 
-Precision (``PRECISIONS``) is part of the encoder: ``fp32``; ``bf16`` (``torch.autocast`` around the transformer,
-float32 outputs); ``int8`` (torch dynamic quantisation, qint8, of the transformer blocks' ``INT8_LAYERS``,
+Precision (``PRECISIONS``) is part of the encoder: ``fp32``; ``bf16`` (the transformer blocks in bfloat16,
+weights cast once per encoder and device, float32 outputs); ``int8`` (torch dynamic quantisation, qint8, of the transformer blocks' ``INT8_LAYERS``,
 CPU only, prepared once per encoder; ``INT8_SCHEME``, which says how, is in identities and cache keys). ``auto``
 is bf16 on CUDA and fp32 elsewhere. The wavelength-generated patch embedding runs in float32 at every precision.
 """
@@ -30,12 +30,15 @@ EMBED_DIMS = {"small": 384, "base": 768, "large": 1024}
 _FRESH_KEYS = {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
 RANDOM_SEED = 0
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
-# The linear layers int8 quantises. attn.proj stays float32: its input (the attention output) varies little between
-# windows around a large common part, so per-tensor activation quantisation loses that variation. Measured on
-# DOFA-small (random weights, benchmarks/bench_map.py rasters), the int8 error as a share of the between-window
-# spread of the embedding: all four linears 0.092, proj alone 0.085, qkv+fc1+fc2 0.031 (bf16 autocast: 0.011);
-# per-channel weights change nothing (0.088 / 0.031): the error is the activations'.
-INT8_LAYERS = ("attn.qkv", "mlp.fc1", "mlp.fc2")
+# The linear layers int8 quantises: the MLP's, two thirds of the blocks' linear work. The attention's stay float32:
+# their inputs vary little between windows around a large common part, and per-tensor activation quantisation
+# loses that variation (a minimum cosine of 0.9995 to fp32 hides it). Measured on DOFA-small (random weights,
+# benchmarks/bench_map.py's raster, 36 windows in batches of 16): the error's norm as a share of the spread between
+# windows, and the bench's species model's probabilities within 0.02 of fp32's: all four linears 15% off;
+# qkv+fc1+fc2 0.044, 99.1% (max 0.022; 96% with the map's batches); fc1+fc2 0.031, 100% (max 0.012); bf16 0.025,
+# 100% (max 0.011). attn.proj alone made most of the error; per-channel weights changed nothing (the error is the
+# activations'), nor did batches of one window (the scale is per tensor).
+INT8_LAYERS = ("mlp.fc1", "mlp.fc2")
 INT8_SCHEME = "dynamic qint8, per-tensor, of " + ", ".join(INT8_LAYERS) + "; the rest float32"
 
 log = logging.getLogger(__name__)
@@ -194,10 +197,9 @@ class DOFAFeatures:
 
     DOFA's dynamic patch embedding runs a small transformer over the wavelengths on every forward; the result
     depends on the wavelengths alone, so it is cached here (always computed in float32). Output equals
-    ``model.forward_features`` in fp32; ``precision`` bf16 runs the transformer under ``torch.autocast``
-    (bfloat16), int8 through a copy of its blocks with ``INT8_LAYERS`` dynamically quantised, made on the first
-    call. The patch embedding
-    is float32 at every precision. Outputs are float32.
+    ``model.forward_features`` in fp32; ``precision`` bf16 runs a bfloat16 copy of the transformer blocks, int8
+    a copy with ``INT8_LAYERS`` dynamically quantised, both made on the first call (bf16: per device). The patch
+    embedding and the final norm are float32 at every precision. Outputs are float32.
     """
 
     def __init__(self, model, wavelengths_um: Sequence[float], precision: str = "fp32"):
@@ -206,13 +208,21 @@ class DOFAFeatures:
         self.precision = resolve_precision(precision)
         self._kernel = None
         self._int8_blocks = None
+        self._bf16_blocks = None  # (device, blocks)
 
     def _blocks(self, device):
-        """The transformer blocks to run: the model's, or (int8) their quantised copy, made once."""
+        """The transformer blocks to run: the model's, or their copy for this precision, made once."""
         import torch
 
-        if self.precision != "int8":
+        if self.precision == "fp32":
             return self.model.blocks
+        if self.precision == "bf16":
+            # weights cast once: torch.autocast casts every weight again on every call, and its float32 islands
+            # cost casts between the layers; bfloat16 matmuls run on the CPU's AMX/AVX512-BF16 units when present
+            if self._bf16_blocks is None or self._bf16_blocks[0] != device:
+                blocks = copy.deepcopy(torch.nn.ModuleList(self.model.blocks)).to(device=device, dtype=torch.bfloat16)
+                self._bf16_blocks = (device, blocks.eval())
+            return self._bf16_blocks[1]
         if device.type != "cpu":
             raise EcoalignInputError(f"precision int8 runs on CPU only (torch dynamic quantisation), not on {device}",
                                      where="--precision / precision=", expected="bf16 or fp32 on a GPU")
@@ -264,12 +274,14 @@ class DOFAFeatures:
                 x = x.flatten(2).transpose(1, 2) + m.pos_embed[:, 1:, :]
                 cls = (m.cls_token + m.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
                 x = torch.cat((cls, x), dim=1)
-            # this precision's autocast decides, whatever autocast a caller has opened around it
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            # this precision's dtype decides, whatever autocast a caller has opened around it
+            with torch.autocast(x.device.type, enabled=False):
+                if self.precision == "bf16":
+                    x = x.to(torch.bfloat16)
                 for block in blocks:
                     x = block(x)
-                out = m.fc_norm(x[:, 1:, :].mean(dim=1)) if m.global_pool else m.norm(x)[:, 0]
-            return out.float()
+                x = x.float()
+                return m.fc_norm(x[:, 1:, :].mean(dim=1)) if m.global_pool else m.norm(x)[:, 0]
 
 
 class DOFAEncoder:
