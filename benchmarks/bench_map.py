@@ -196,7 +196,7 @@ def gpu_figures(encoder, bundle, raster, folder, batch_size) -> None:
     from ecoalign.mapping import map_raster
 
     if not torch.cuda.is_available():
-        print("gpu: no CUDA device here; the bf16 autocast path is written but not measured")
+        print("gpu: no CUDA device here; the bf16 path is written but not measured")
         return
     encoder = encoder.with_precision("bf16")
     encoder.model.to("cuda")
