@@ -6,10 +6,10 @@ Models and weights are looked up through torchgeo's registry (``torchgeo.models.
 the torch hub cache where torchgeo would download it; nothing is downloaded here), a local checkpoint
 (.pth/.pt/.safetensors), or ``none`` (random init, seeded, and labelled as such everywhere).
 
-Precision (``PRECISIONS``) is part of the encoder: ``fp32``; ``bf16`` (``torch.autocast`` around the transformer,
-float32 outputs); ``int8`` (torch dynamic quantisation, qint8, of the transformer blocks' ``nn.Linear`` layers,
-CPU only, prepared once per encoder). ``auto`` is bf16 on CUDA and fp32 elsewhere. The wavelength-generated patch
-embedding runs in float32 at every precision.
+Precision (``PRECISIONS``) is part of the encoder: ``fp32``; ``bf16`` (the transformer blocks in bfloat16,
+weights cast once per encoder and device, float32 outputs); ``int8`` (torch dynamic quantisation, qint8, of the transformer blocks' ``INT8_LAYERS``,
+CPU only, prepared once per encoder; ``INT8_SCHEME``, which says how, is in identities and cache keys). ``auto``
+is bf16 on CUDA and fp32 elsewhere. The wavelength-generated patch embedding runs in float32 at every precision.
 """
 from __future__ import annotations
 
@@ -30,6 +30,16 @@ EMBED_DIMS = {"small": 384, "base": 768, "large": 1024}
 _FRESH_KEYS = {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
 RANDOM_SEED = 0
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+# The linear layers int8 quantises: the MLP's, two thirds of the blocks' linear work. The attention's stay float32:
+# their inputs vary little between windows around a large common part, and per-tensor activation quantisation
+# loses that variation (a minimum cosine of 0.9995 to fp32 hides it). Measured on DOFA-small (random weights,
+# benchmarks/bench_map.py's raster, 36 windows in batches of 16): the error's norm as a share of the spread between
+# windows, and the bench's species model's probabilities within 0.02 of fp32's: all four linears 15% off;
+# qkv+fc1+fc2 0.044, 99.1% (max 0.022; 96% with the map's batches); fc1+fc2 0.031, 100% (max 0.012); bf16 0.025,
+# 100% (max 0.011). attn.proj alone made most of the error; per-channel weights changed nothing (the error is the
+# activations'), nor did batches of one window (the scale is per tensor).
+INT8_LAYERS = ("mlp.fc1", "mlp.fc2")
+INT8_SCHEME = "dynamic qint8, per-tensor, of " + ", ".join(INT8_LAYERS) + "; the rest float32"
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +197,9 @@ class DOFAFeatures:
 
     DOFA's dynamic patch embedding runs a small transformer over the wavelengths on every forward; the result
     depends on the wavelengths alone, so it is cached here (always computed in float32). Output equals
-    ``model.forward_features`` in fp32; ``precision`` bf16 runs the transformer under ``torch.autocast``
-    (bfloat16), int8 through a dynamically quantised copy of its blocks made on the first call. The patch embedding
-    is float32 at every precision. Outputs are float32.
+    ``model.forward_features`` in fp32; ``precision`` bf16 runs a bfloat16 copy of the transformer blocks, int8
+    a copy with ``INT8_LAYERS`` dynamically quantised, both made on the first call (bf16: per device). The patch
+    embedding and the final norm are float32 at every precision. Outputs are float32.
     """
 
     def __init__(self, model, wavelengths_um: Sequence[float], precision: str = "fp32"):
@@ -198,13 +208,21 @@ class DOFAFeatures:
         self.precision = resolve_precision(precision)
         self._kernel = None
         self._int8_blocks = None
+        self._bf16_blocks = None  # (device, blocks)
 
     def _blocks(self, device):
-        """The transformer blocks to run: the model's, or (int8) their quantised copy, made once."""
+        """The transformer blocks to run: the model's, or their copy for this precision, made once."""
         import torch
 
-        if self.precision != "int8":
+        if self.precision == "fp32":
             return self.model.blocks
+        if self.precision == "bf16":
+            # weights cast once: torch.autocast casts every weight again on every call, and its float32 islands
+            # cost casts between the layers; bfloat16 matmuls run on the CPU's AMX/AVX512-BF16 units when present
+            if self._bf16_blocks is None or self._bf16_blocks[0] != device:
+                blocks = copy.deepcopy(torch.nn.ModuleList(self.model.blocks)).to(device=device, dtype=torch.bfloat16)
+                self._bf16_blocks = (device, blocks.eval())
+            return self._bf16_blocks[1]
         if device.type != "cpu":
             raise EcoalignInputError(f"precision int8 runs on CPU only (torch dynamic quantisation), not on {device}",
                                      where="--precision / precision=", expected="bf16 or fp32 on a GPU")
@@ -217,9 +235,11 @@ class DOFAFeatures:
                 warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
                                         category=DeprecationWarning)
                 warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*", category=UserWarning)
-                self._int8_blocks = quantize_dynamic(torch.nn.ModuleList(self.model.blocks), {torch.nn.Linear},
-                                                     dtype=torch.qint8, inplace=False).eval()
-            log.debug("DOFA transformer blocks quantised to int8 (dynamic, nn.Linear)")
+                blocks = torch.nn.ModuleList(self.model.blocks)
+                layers = {f"{i}.{name}" for i, block in enumerate(blocks) for name, mod in block.named_modules()
+                          if isinstance(mod, torch.nn.Linear) and name in INT8_LAYERS}
+                self._int8_blocks = quantize_dynamic(blocks, layers, dtype=torch.qint8, inplace=False).eval()
+            log.debug("DOFA transformer blocks quantised: %s", INT8_SCHEME)
         return self._int8_blocks
 
     def _patch_kernel(self, device):
@@ -254,12 +274,14 @@ class DOFAFeatures:
                 x = x.flatten(2).transpose(1, 2) + m.pos_embed[:, 1:, :]
                 cls = (m.cls_token + m.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
                 x = torch.cat((cls, x), dim=1)
-            # this precision's autocast decides, whatever autocast a caller has opened around it
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            # this precision's dtype decides, whatever autocast a caller has opened around it
+            with torch.autocast(x.device.type, enabled=False):
+                if self.precision == "bf16":
+                    x = x.to(torch.bfloat16)
                 for block in blocks:
                     x = block(x)
-                out = m.fc_norm(x[:, 1:, :].mean(dim=1)) if m.global_pool else m.norm(x)[:, 0]
-            return out.float()
+                x = x.float()
+                return m.fc_norm(x[:, 1:, :].mean(dim=1)) if m.global_pool else m.norm(x)[:, 0]
 
 
 class DOFAEncoder:
@@ -354,6 +376,8 @@ class DOFAEncoder:
                "wavelengths_um": self.wavelengths_um, "embed_dim": self.embed_dim, "precision": self.precision,
                "band_mean": None if self.band_mean is None else [float(v) for v in self.band_mean],
                "band_std": None if self.band_std is None else [float(v) for v in self.band_std]}
+        if self.precision == "int8":  # what int8 means is part of what produced the embedding
+            out["int8_scheme"] = INT8_SCHEME
         if self.adapter is not None:
             out["adapter_sha256"] = self.metadata.get("adapter_sha256")
             out["run_dir"] = self.metadata.get("run_dir")

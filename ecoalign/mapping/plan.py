@@ -299,12 +299,14 @@ def plan_windows(encoder, raster, *, window_m: float | None = None, stride_m: fl
 
 def plan_map(encoder, model, raster, *, env_rasters: Sequence = (), stride_m: float | None = None,
              window_m: float | None = None, block_px: int | None = None, max_nodata_fraction: float = 0.5,
-             encoder_spec=None, trusted: Sequence[str] = ()) -> MapPlan:
+             encoder_spec=None, trusted: Sequence[str] = (), loaded: tuple | None = None) -> MapPlan:
     """``plan_windows`` checked against the model bundle: same encoder as for fitting, the model's CRS and
     patch size, its environmental rasters; the targets become the output bands.
 
     ``encoder`` is an encoder object (``ecoalign.load_encoder``); ``model`` a bundle directory, opened without
-    running code from it (``trusted``: type names its estimator file may build beyond ecoalign's list).
+    running code from it (``trusted``: type names its estimator file may build beyond ecoalign's list), or
+    ``loaded``, the (model, meta) of ``load_bundle`` when the caller has opened it (a second load costs a
+    tenth of a small map).
     """
     import dataclasses
 
@@ -313,7 +315,7 @@ def plan_map(encoder, model, raster, *, env_rasters: Sequence = (), stride_m: fl
     from ecoalign.sdm.fitting import load_bundle
 
     bundle = Path(model)
-    model_obj, meta = load_bundle(bundle, trusted=trusted)
+    model_obj, meta = loaded if loaded is not None else load_bundle(bundle, trusted=trusted)
     _check_window_encoder(encoder)
     _check_encoder_matches_bundle(encoder, meta, bundle)
     features = list(meta["features"])

@@ -146,9 +146,10 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
     spec = encoder
     encoder = resolve_encoder(encoder, wavelengths_um, model, weights, precision=precision, band_mean=band_mean,
                               band_std=band_std)
+    loaded = load_bundle(model, trusted=trusted)  # once: the plan's targets and the predictions
     plan = plan_map(encoder, model, raster, env_rasters=env_rasters, stride_m=stride_m, block_px=block_px,
-                    max_nodata_fraction=max_nodata_fraction, encoder_spec=spec, trusted=trusted)
-    fitted = load_bundle(plan.bundle, trusted=trusted)[0]
+                    max_nodata_fraction=max_nodata_fraction, encoder_spec=spec, trusted=trusted, loaded=loaded)
+    fitted = loaded[0]
     plan = _outputs(plan, fitted, targets, uncertainty, presence_spec)
     partial = PartialMap(out, plan)
     done = partial.open()
