@@ -175,6 +175,8 @@ def map_metadata(plan: MapPlan) -> dict:
                          for i, (name, kind) in enumerate(output_bands(plan), start=1)]
         meta["uncertainty"] = plan.extra.get("uncertainty")
         meta["presence"] = plan.extra.get("presence")
+    if plan.extra.get("zero_shot_info"):  # a zero-shot map: the run, the named compositions, the calibration
+        meta["zero_shot"] = plan.extra["zero_shot_info"]
     return meta
 
 
