@@ -115,7 +115,7 @@ class ZeroShotModel:
                 "slope": self.slope, "intercept": self.intercept, "raw": self.raw}
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "ZeroShotModel":
+    def from_spec(cls, spec: dict) -> ZeroShotModel:
         arr = (lambda v: None if v is None else np.asarray(v, dtype=np.float64))
         return cls(list(spec["species"]), arr(spec["targets"]), arr(spec["proj_weight"]), arr(spec["proj_bias"]),
                    float(spec["slope"]), float(spec["intercept"]), bool(spec["raw"]))
@@ -276,7 +276,7 @@ def write_zero_shot_files(run_dir: Path, model, data, species: list[str], plot_i
     lr = LogisticRegression(C=1e4, max_iter=1000).fit(sims[:, None], present)
     from sklearn.metrics import roc_auc_score
 
-    calibration = {"slope": float(lr.coef_[0, 0]), "intercept": float(lr.intercept_[0]), "pairs": int(len(sims)),
+    calibration = {"slope": float(lr.coef_[0, 0]), "intercept": float(lr.intercept_[0]), "pairs": len(sims),
                    "prevalence": float(present.mean()), "pooled_auc": float(roc_auc_score(present, sims)), "fitted_on": "train split plots x training species",
                    "species_cover": SPECIES_COVER}
     info = {"calibration": calibration, "organism_encoder": organism_identity,

@@ -339,4 +339,4 @@ def captions(taxon: Taxon, kind: str, templates: tuple[str, ...] | list[str] = T
     return [tpl.format(t) for tpl in templates]
 
 
-__all__ = ["RANKS", "TEXT_TYPES", "TEMPLATES", "MISSING", "SYNONYMS", "Taxon", "text", "captions", "parse_name"]
+__all__ = ["MISSING", "RANKS", "SYNONYMS", "TEMPLATES", "TEXT_TYPES", "Taxon", "captions", "parse_name", "text"]

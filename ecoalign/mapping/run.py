@@ -141,7 +141,7 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise EcoalignInputError("the output must be a GeoTIFF", path=out, expected="a path ending in .tif")
     if model is None:
-        plan, fitted, encoder = _zero_shot_plan(
+        plan, fitted, encoder = zero_shot_plan(
             encoder, raster, out, releve=releve, species=species, raw=raw_similarity, organism=organism_encoder,
             threshold_rule=threshold_rule if presence else None, stride_m=stride_m, block_px=block_px,
             max_nodata_fraction=max_nodata_fraction, precision=precision)
@@ -170,8 +170,9 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
                       batch_size=batch_size, device=device, quicklook=quicklook, progress=progress)
 
 
-def _zero_shot_plan(encoder, raster, out: Path, *, releve, species, raw: bool, organism, threshold_rule, stride_m,
-                    block_px, max_nodata_fraction, precision):
+def zero_shot_plan(encoder, raster, out: Path | None = None, *, releve=None, species=None, raw: bool = False,
+                   organism=None, threshold_rule=None, stride_m=None, block_px=None, max_nodata_fraction: float = 0.5,
+                   precision=None):
     """The plan of a zero-shot map: the run's window grid, its adapted encoder, and a ``ZeroShotModel`` (carried in
     ``plan.extra["zero_shot"]``, so workers and the resume fingerprint see it) in place of a bundle."""
     from ecoalign.aerial.embed import EMBED_PREFIX
@@ -197,7 +198,7 @@ def _zero_shot_plan(encoder, raster, out: Path, *, releve, species, raw: bool, o
         except (TypeError, ValueError):
             raise EcoalignInputError(f"threshold rule {threshold_rule!r}: a zero-shot map has no stored thresholds",
                                      where="--threshold-rule", expected="a number, e.g. 0.5") from None
-        presence_spec = {"written": True, "file": presence_path(out).name, "nodata": PRESENCE_NODATA,
+        presence_spec = {"written": True, "file": presence_path(out or "map.tif").name, "nodata": PRESENCE_NODATA,
                          "rule": "fixed", "thresholds": {t: value for t in model.species_}}
     info = {"run": str(Path(run_dir).resolve()), "compositions": [{"band": label, "releve": items}
                                                                  for label, items in comps],
