@@ -6,13 +6,19 @@ import shutil
 
 import conftest
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 import torch
 import yaml
 from scipy.special import expit
 
-from ecoalign.aerial.zero_shot import SPECIES_COVER, ZeroShotRun, compositions, parse_releve
+from ecoalign.aerial.zero_shot import (
+    SPECIES_COVER,
+    ZeroShotRun,
+    compositions,
+    parse_releve,
+)
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.encoders.organism import load_organism_encoder
 
@@ -98,9 +104,9 @@ def test_zero_shot_map_command_function_and_accessor_agree(zs, tmp_path):
     np.testing.assert_allclose(cal.filled(np.nan), expit(c["slope"] * raw.filled(np.nan) + c["intercept"]),
                                rtol=1e-5, equal_nan=True)
 
-    import rioxarray  # noqa: F401  (registers .rio)
+    import rioxarray
 
-    import ecoalign.accessor  # noqa: F401  (registers .ecoalign)
+    import ecoalign.accessor
 
     da = rioxarray.open_rasterio(zs["crop"])
     grid = da.ecoalign.zero_shot(str(zs["run"]), species=HELD_OUT, stride_m=50, progress=False)
@@ -111,7 +117,7 @@ def test_zero_shot_map_command_function_and_accessor_agree(zs, tmp_path):
 def test_zero_shot_map_through_dask_workers_is_the_same_map(zs, tmp_path):
     import ecoalign
 
-    kw = dict(stride_m=50, species=["Quercus pubescens"], progress=False, quicklook=False, block_px=3)
+    kw = {"stride_m": 50, "species": ["Quercus pubescens"], "progress": False, "quicklook": False, "block_px": 3}
     one = ecoalign.map(str(zs["run"]), None, zs["crop"], tmp_path / "one.tif", **kw)
     two = ecoalign.map(str(zs["run"]), None, zs["crop"], tmp_path / "two.tif", workers=2, **kw)
     with rasterio.open(one) as a, rasterio.open(two) as b:
@@ -164,3 +170,27 @@ def test_bad_zero_shot_input_is_refused_clearly(zs, tmp_path):
         ecoalign.adapt([f"data.manifest={zs['manifest']}", "backbone.size=small", "trainer=quick",
                         "data.augmentations=1"],
                        out=str(tmp_path / "r"), holdout_species=str(tmp_path / "bad.txt"))
+
+
+def test_evaluate_zero_shot_report(zs, tmp_path):
+    """The held-out species scored at all plots beside ceiling, congener and random; the species whose genus has
+    no seen member apart, with no congener row."""
+    from ecoalign.cli import main
+
+    (tmp_path / "sp.csv").write_text("species\n" + "\n".join(HELD_OUT) + "\n")
+    assert main(["-q", "evaluate-zero-shot", str(zs["run"]), "--species", str(tmp_path / "sp.csv"), "--plots", "all",
+                 "--n-boot", "20", "--out", str(tmp_path / "eval")]) == 0
+    table = pd.read_csv(tmp_path / "eval" / "zero_shot_eval.csv")
+    assert set(table["method"]) == {"zero_shot", "ceiling", "congener", "random"}
+    oak = table[(table["species"] == "Quercus pubescens")].set_index("method")
+    assert oak.loc["zero_shot", "congener"] in ("Quercus ilex", "Quercus robur") and oak["genus_seen"].all()
+    assert oak["auc"].between(0, 1).all() and (oak["auc_low"] <= oak["auc"]).all()
+    mastic = table[table["species"] == "Pistacia lentiscus"].set_index("method")
+    assert not mastic["genus_seen"].any() and np.isnan(mastic.loc["congener", "auc"])
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Species whose genus has no seen member" in report and "zero_shot - congener" in report
+    assert (tmp_path / "eval" / "auc.png").stat().st_size > 1000
+    import ecoalign
+
+    with pytest.raises(EcoalignInputError, match="plots="):
+        ecoalign.evaluate_zero_shot(zs["run"], plots="some")

@@ -218,7 +218,9 @@ def _alignment_data(paired: PairedData, c: dict, report: dict):
 
     data_cfg, cache = c["data"], paired.cache
     rel = paired.releves.subset(list(cache.plot_ids))
-    held = holdout_species(data_cfg.get("holdout_species"), rel.species)
+    from ecoalign.data.releves import read_species_list
+
+    held = read_species_list(data_cfg.get("holdout_species"), rel.species)
     present = (rel.cover.sum(axis=0) > 0) & ~np.isin(np.asarray(rel.species, dtype=object), held)
     species = [s for s, keep in zip(rel.species, present) if keep]
     split = spatial_block_split(cache.centres, block_size_m=data_cfg["block_size_m"],
@@ -235,34 +237,6 @@ def _alignment_data(paired: PairedData, c: dict, report: dict):
     data = AlignmentData(torch.from_numpy(np.array(cache.embeddings, dtype=np.float32)),
                          torch.from_numpy(rel.cover[:, present]), split)
     return data, species
-
-
-def holdout_species(path, species: Sequence[str]) -> list[str]:
-    """The names of a ``--holdout-species`` file (text: one a line, ``#`` comments; CSV: column ``species`` or the
-    first), each of which must be a species of the relevé table."""
-    import pandas as pd
-
-    if not path:
-        return []
-    path = Path(path)
-    if not path.is_file():
-        raise EcoalignInputError("holdout species file not found", path=path,
-                                 expected="a text file with one species name a line, or a CSV with a species column")
-    if path.suffix.lower() == ".csv":
-        table = pd.read_csv(path, dtype=str)
-        column = "species" if "species" in table.columns else table.columns[0]
-        names = table[column].dropna().tolist()
-    else:
-        names = [line.split("#")[0] for line in path.read_text().splitlines()]
-    names = list(dict.fromkeys(" ".join(n.split()) for n in names if n and n.strip()))
-    if not names:
-        raise EcoalignInputError("the holdout species file names no species", path=path,
-                                 expected="one species name a line")
-    unknown = [n for n in names if n not in set(species)]
-    if unknown:
-        raise EcoalignInputError(f"species {unknown[:5]} are in no relevé", path=path,
-                                 expected=f"names as the relevé table spells them, e.g. {list(species)[:3]}")
-    return names
 
 
 def _checklist(manifest, species: Sequence[str]):
