@@ -146,11 +146,9 @@ def test_bad_zero_shot_input_is_refused_clearly(zs, tmp_path):
         ecoalign.map(str(zs["run"]), None, zs["crop"], tmp_path / "e.tif", releve="", progress=False)
 
     # a run whose relevé encoder learned one token per species (the mlp encoder) cannot map named species
-    mlp = tmp_path / "mlp-run"
-    shutil.copytree(zs["run"] / "encoder", mlp / "encoder")
-    meta = json.loads((mlp / "encoder" / "encoder.json").read_text())
-    meta["releve_encoder"] = {"_target_": "ecoalign.encoders.releve.MLPReleveEncoder", "kind": "mlp", "hidden": 512}
-    (mlp / "encoder" / "encoder.json").write_text(json.dumps(meta))
+    mlp = ecoalign.adapt([f"data.manifest={zs['manifest']}", "backbone.size=small", "trainer=quick",
+                          "trainer.epochs=1", "trainer.baselines=false", "data.augmentations=1",
+                          "data.block_size_m=250"], out=str(tmp_path / "mlp-run"))
     with pytest.raises(EcoalignInputError, match="adapt --releve-encoder organism_text"):
         ecoalign.map(str(mlp), None, zs["crop"], tmp_path / "x.tif", species=["Quercus ilex"], progress=False)
     with pytest.raises(EcoalignInputError, match="adapt --releve-encoder organism_text"):

@@ -187,7 +187,7 @@ class ZeroShotRun:
 
     # -- names ------------------------------------------------------------------------------------------
     def taxon(self, name: str):
-        """The Taxon of a name: from the run's checklist, or its genus's higher ranks there plus the epithet; a
+        """The Taxon of a name (None where the checklist has names only): from the run's checklist, or its genus's higher ranks there plus the epithet; a
         name whose genus the checklist does not hold is refused (the text encoder could not place it)."""
         from ecoalign.data.taxonomy import RANKS, Taxon, parse_name
 
@@ -203,7 +203,7 @@ class ZeroShotRun:
                            "common_name": None}
             if row is not None:
                 taxon, _ = Taxon.from_ranks({k: row.get(k) for k in RANKS}, common=row.get("common_name"))
-                return taxon
+                return taxon if taxon.depth else None  # a checklist of names only: embedded by name, as in adapt
         genera = sorted(set(table["genus"].astype(str)))
         raise EcoalignInputError(
             f"cannot place {name!r}: " + (f"its genus '{genus}' is not in the run's checklist" if genus else
