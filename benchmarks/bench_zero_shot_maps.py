@@ -72,6 +72,7 @@ def main() -> None:
         wide = result.pivot(index="species", columns="method", values="auc")[["zero_shot", "ceiling", "congener",
                                                                                "random"]]
         info = result.drop_duplicates("species").set_index("species")[["congener", "presences", "plots"]]
+        info = info.rename(columns={"congener": "nearest_seen_congener"})
         print(f"\n== holdout '{args.holdout}', organism {args.organism}, scored on {plots} plots: AUC ==")
         print(info.join(wide).to_string(float_format=lambda v: f"{v:.3f}"))
         m = means(result, n_boot=args.n_boot, seed=args.seed)

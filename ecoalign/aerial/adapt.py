@@ -276,6 +276,7 @@ def _train_variants(data, c: dict, run_dir: Path, species: list, manifest, repor
                      ("anchor_off" if lam > 0 else "anchor_on", 0.0 if lam > 0 else 1.0, True, "contrastive"),
                      ("botasp", 0.0, True, "species")]
     train_kwargs = {k: tr_cfg[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "patience")}
+    train_kwargs["releve_subsample"] = float(c["releve_encoder"].get("train_subsample", 0.0))
     return [train_alignment(name, data, folder=run_dir / "variants" / name, model_kwargs=model_kwargs,
                             anchor_weight=weight, train_adapter=train_adapter, seed=int(c.get("seed", 0)),
                             objective=objective, progress=tr_cfg.get("progress", True), log=log.info, **train_kwargs)
