@@ -192,3 +192,17 @@ def test_evaluate_zero_shot_report(zs, tmp_path):
 
     with pytest.raises(EcoalignInputError, match="plots="):
         ecoalign.evaluate_zero_shot(zs["run"], plots="some")
+
+
+def test_subsampled_releves_keep_at_least_one_of_their_species():
+    from ecoalign.aerial.align import subsample_releves
+
+    torch.manual_seed(0)
+    cover = torch.rand(200, 12) * (torch.rand(200, 12) < 0.5) * 50
+    cover[:, 0] += 1.0  # every relevé holds a species
+    assert subsample_releves(cover, 0.0) is cover
+    cut = subsample_releves(cover, 0.5)
+    assert ((cut > 0) <= (cover > 0)).all() and (cut[cut > 0] == cover[cut > 0]).all()
+    assert ((cut > 0).sum(1) >= 1).all()
+    changed = (cut != cover).any(1).float().mean()
+    assert 0.2 < changed < 0.6 and ((cut > 0).sum(1) == 1).sum() >= 5  # one-species relevés among them
