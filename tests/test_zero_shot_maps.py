@@ -91,6 +91,7 @@ def test_zero_shot_map_command_function_and_accessor_agree(zs, tmp_path):
         assert src.profile["driver"] == "GTiff" and src.overviews(1) is not None
     assert meta["zero_shot"]["compositions"][1]["releve"] == [["Quercus pubescens", SPECIES_COVER]]
     assert meta["presence"]["written"] is False and "threshold" in meta["presence"]["reason"]
+    assert [b["kind"] for b in meta["bands"]] == ["suitability"] * 3 and meta["task"] == "suitability"
     assert cal.count() > 0 and 0 < cal.min() and cal.max() < 1
     assert (tmp_path / "m_quicklook.png").exists()
 

@@ -207,7 +207,7 @@ def zero_shot_plan(encoder, raster, out: Path | None = None, *, releve=None, spe
     plan = dataclasses.replace(
         plan, targets=list(model.species_), task="similarity" if raw else "suitability",
         features=[f"{EMBED_PREFIX}{j:03d}" for j in range(encoder.embed_dim)],
-        extra={"uses_embeddings": True, "outputs": True, "spread": False, "uncertainty": model.spread_info(),
+        extra={"uses_embeddings": True, "outputs": True, "spread": False, "uncertainty": None,  # no sd panels
                "presence": presence_spec, "zero_shot": model.spec(), "zero_shot_info": info})
     return plan, model, encoder
 
