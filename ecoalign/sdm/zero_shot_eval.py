@@ -169,7 +169,9 @@ def _write(out: Path, result: pd.DataFrame, summary: pd.DataFrame, zs, plots: st
     lines = [f"# Zero-shot habitat maps of held-out species: `{zs.run_dir}`", "",
              (f"Scored on {where}; references fitted out-of-fold over spatial blocks ({estimator}) on the same "
               "adapted embeddings. AUC and continuous Boyce index with 95% bootstrap intervals (over plots per "
-              "species, over species for the means)."), "", "## Means", "", "| group | method | metric | mean [95% CI] | species |",
+              "species, over species for the means). congener: the model of the seen species of the same genus "
+              "with the most presences at the training plots, scored against the held-out species' presences."),
+             "", "## Means", "", "| group | method | metric | mean [95% CI] | species |",
              "|---|---|---|---|---|"]
     for r in summary.to_dict("records"):
         lines.append(f"| {r['group']} | {r['method']} | {r['metric']} | {r['mean']:.3f} [{r['low']:.3f}, "
