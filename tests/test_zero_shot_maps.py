@@ -207,3 +207,15 @@ def test_subsampled_releves_keep_at_least_one_of_their_species():
     assert ((cut > 0).sum(1) >= 1).all()
     changed = (cut != cover).any(1).float().mean()
     assert 0.2 < changed < 0.6 and ((cut > 0).sum(1) == 1).sum() >= 5  # one-species relevés among them
+
+
+def test_zero_shot_plans_resume_only_for_the_same_compositions(zs):
+    """The resume fingerprint holds the zero-shot model: another composition or raw similarity is another map."""
+    from ecoalign.mapping.run import zero_shot_plan
+
+    one = zero_shot_plan(str(zs["run"]), zs["crop"], species=["Quercus pubescens"], stride_m=50)[0]
+    again = zero_shot_plan(str(zs["run"]), zs["crop"], species=["Quercus pubescens"], stride_m=50)[0]
+    other = zero_shot_plan(str(zs["run"]), zs["crop"], species=["Quercus ilex"], stride_m=50)[0]
+    raw = zero_shot_plan(str(zs["run"]), zs["crop"], species=["Quercus pubescens"], raw=True, stride_m=50)[0]
+    assert one.fingerprint() == again.fingerprint() and one.fingerprint()["bundle_sha256"] is None
+    assert one.fingerprint() != other.fingerprint() and one.fingerprint() != raw.fingerprint()
