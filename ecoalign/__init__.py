@@ -22,6 +22,7 @@ API = {
     "adapt": "ecoalign.aerial.adapt:adapt",
     "embed": "ecoalign.aerial.embed:embed",
     "embed_points": "ecoalign.aerial.embed:embed_points",
+    "evaluate_zero_shot": "ecoalign.sdm.zero_shot_eval:evaluate_zero_shot",
     # species models
     "fit": "ecoalign.sdm.fit:fit",
     "evaluate": "ecoalign.sdm.evaluate:evaluate",

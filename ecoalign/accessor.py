@@ -130,9 +130,6 @@ class EcoalignDataArray:
         ``scheduler``/``workers`` compute the blocks with Dask (``tmp_dir`` must then be visible to the workers).
         ``precision`` and ``band_mean``/``band_std`` as for ``ecoalign map`` (statistics default to the encoder's,
         else the bundle's: never this array's)."""
-        from rasterio.transform import Affine
-
-        from ecoalign.mapping.blocks import compute_block
         from ecoalign.mapping.plan import plan_map
         from ecoalign.sdm.fitting import load_bundle
 
@@ -143,23 +140,48 @@ class EcoalignDataArray:
         with self._geotiff(da, tmp_dir) as tif:
             plan = plan_map(enc, model, tif, env_rasters=env_rasters, stride_m=stride_m,
                             encoder_spec=encoder if isinstance(encoder, (str, Path)) else None)
-            out = np.full((len(plan.targets), plan.height, plan.width), np.nan, dtype=np.float32)
-            if scheduler or workers:
-                from ecoalign.mapping.distributed import compute_blocks
+            return _plan_to_array(plan, enc, model_obj, {"bundle": str(Path(model).resolve())}, batch_size=batch_size,
+                                  scheduler=scheduler, workers=workers, progress=progress)
 
-                results = compute_blocks(plan, plan.blocks, scheduler=scheduler, workers=workers, batch_size=batch_size)
-            else:
-                results = ((b, compute_block(plan, b, encoder=enc, model=model_obj, batch_size=batch_size))
-                           for b in plan.blocks)
-            for block, values in _progress(results, len(plan.blocks), progress, "predict"):
-                values = np.where(values == plan.nodata, np.nan, values)
-                out[:, block.row_off:block.row_off + block.height, block.col_off:block.col_off + block.width] = values
-        grid = _grid_coords(plan)
-        result = xr.DataArray(out, dims=("target", "y", "x"), coords={"target": plan.targets, **grid},
-                              name="prediction",
-                              attrs={"bundle": str(Path(model).resolve()), "task": plan.task, "window_m": plan.window_m,
-                                     "stride_m": plan.stride_px * abs(plan.in_transform[0])})
-        return _georeferenced(result, plan.crs, Affine(*plan.transform))
+    def zero_shot(self, encoder, *, species: Sequence[str] = (), releve: Sequence[str] | str = (),
+                  raw_similarity: bool = False, stride_m: float | None = None, batch_size: int = 32,
+                  scheduler: str | None = None, workers: int | None = None, progress: bool = True,
+                  tmp_dir: str | Path | None = None, organism_encoder: str | None = None) -> xr.DataArray:
+        """Zero-shot suitability of named species / relevés over the array (``ecoalign map`` without ``--model``):
+        a DataArray (target, y, x), one target per ``releve`` string and per ``species`` name, NaN for nodata.
+        ``encoder``: an ``adapt --releve-encoder organism_text`` run directory."""
+        from ecoalign.mapping.run import zero_shot_plan
+
+        enc = self._resolve(encoder, None)
+        da = self._checked(enc)
+        with self._geotiff(da, tmp_dir) as tif:
+            plan, model, enc = zero_shot_plan(enc, tif, releve=releve, species=species, raw=raw_similarity,
+                                              organism=organism_encoder, stride_m=stride_m)
+            return _plan_to_array(plan, enc, model, {"zero_shot_run": str(enc.metadata.get("run_dir"))},
+                                  batch_size=batch_size, scheduler=scheduler, workers=workers, progress=progress)
+
+
+def _plan_to_array(plan, enc, model, attrs: dict, *, batch_size: int, scheduler, workers, progress: bool):
+    """The plan's blocks (here or on Dask workers) as a georeferenced DataArray (target, y, x), NaN for nodata."""
+    from rasterio.transform import Affine
+
+    from ecoalign.mapping.blocks import compute_block
+
+    out = np.full((len(plan.targets), plan.height, plan.width), np.nan, dtype=np.float32)
+    if scheduler or workers:
+        from ecoalign.mapping.distributed import compute_blocks
+
+        results = compute_blocks(plan, plan.blocks, scheduler=scheduler, workers=workers, batch_size=batch_size)
+    else:
+        results = ((b, compute_block(plan, b, encoder=enc, model=model, batch_size=batch_size)) for b in plan.blocks)
+    for block, values in _progress(results, len(plan.blocks), progress, "predict"):
+        values = np.where(values == plan.nodata, np.nan, values)
+        out[:, block.row_off:block.row_off + block.height, block.col_off:block.col_off + block.width] = values
+    grid = _grid_coords(plan)
+    result = xr.DataArray(out, dims=("target", "y", "x"), coords={"target": plan.targets, **grid}, name="prediction",
+                          attrs={**attrs, "task": plan.task, "window_m": plan.window_m,
+                                 "stride_m": plan.stride_px * abs(plan.in_transform[0])})
+    return _georeferenced(result, plan.crs, Affine(*plan.transform))
 
 
 # ---------------------------------------------------------------------------------------------------------------

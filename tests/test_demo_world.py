@@ -142,7 +142,7 @@ def test_releves_taxonomy_butterflies_and_soil_tables(world, env):
 
     taxonomy = ["species", "kingdom", "phylum", "class", "order", "family", "genus", "common_name"]
     sp = pd.read_csv(world / "species.csv")
-    assert list(sp.columns) == taxonomy and sp["species"].is_unique and 40 <= len(sp) <= 60
+    assert list(sp.columns) == taxonomy and sp["species"].is_unique and 40 <= len(sp) <= 80
     assert set(sp["kingdom"]) == {"Plantae"} and set(sp["phylum"]) == {"Tracheophyta"}
     assert set(sp["class"]) == {"Magnoliopsida", "Liliopsida", "Pinopsida"}
     assert (sp["genus"] == sp["species"].str.split().str[0]).all()
@@ -309,3 +309,22 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="cannot place"):
         generate_demo_world(tmp_path / "w", n_plots=500, size_m=600.0, resolution_m=4.0)
     assert not (tmp_path / "w").exists()
+
+
+def test_congeners_share_niches_except_the_documented_genera():
+    """Phylogenetic niche conservatism, as the generator's docstring promises: congeners sit closer in niche
+    space than unrelated species do, the documented exceptions are far apart, and some genera have one member."""
+    from ecoalign.demo.aerial_world import NICHE_EXCEPTIONS, genus_structure
+
+    g = genus_structure()
+    multi = g[g["genus_size"] > 1]
+    conserved = multi[~multi["niche_exception"]]
+    assert set(multi["genus"]) - set(NICHE_EXCEPTIONS) and set(NICHE_EXCEPTIONS) <= set(multi["genus"])
+    assert (g["genus_size"] == 1).sum() >= 10
+    n = plant_niches()
+    feats = n[["moisture_opt", "nutrient_opt"] + [f"affinity_{lc}" for lc in LANDCOVERS]].to_numpy(float)
+    d = np.linalg.norm(feats[:, None] - feats[None], axis=2)
+    genus = n["species"].str.split().str[0].to_numpy()
+    unrelated = d[genus[:, None] != genus[None]]
+    assert conserved["nearest_congener_distance"].max() < np.quantile(unrelated, 0.1)
+    assert multi.loc[multi["niche_exception"], "nearest_congener_distance"].min() > np.median(unrelated) * 0.5

@@ -33,12 +33,15 @@ RESUMABLE_KEYS = ("trainer.epochs", "trainer.patience", "trainer.progress", "bac
 def adapt(overrides: Sequence[str] = (), *, backbone: str | None = None, releve_encoder: str | None = None,
           loss: str | None = None, data: str | None = None, trainer: str | None = None, manifest: str | None = None,
           weights: str | None = None, size: str | None = None, out: str | None = None,
-          resume: str | bool | None = None, precision: str | None = None) -> Path:
+          resume: str | bool | None = None, precision: str | None = None,
+          holdout_species: str | None = None) -> Path:
     """Python face of ``ecoalign adapt``; returns the run directory.
 
     ``ecoalign.adapt(["trainer.epochs=20"], size="small", out="runs/x")``; ``resume=True`` continues the latest
     run (under ``out`` if given), ``resume="runs/x"`` that run, with only ``RESUMABLE_KEYS`` overrides allowed.
     ``precision`` (``backbone.precision``: auto, fp32, bf16, int8) is that of the frozen-backbone embedding pass.
+    ``holdout_species`` (``data.holdout_species``): a text file (one name a line) or a CSV (column ``species``,
+    else the first) of species removed from every relevé before training, for leave-species-out validation.
     """
     from omegaconf import OmegaConf
 
@@ -56,7 +59,8 @@ def adapt(overrides: Sequence[str] = (), *, backbone: str | None = None, releve_
         raise EcoalignInputError(f"unexpected arguments {bad}", expected="key=value Hydra overrides")
     chosen = {"backbone": backbone, "releve_encoder": releve_encoder, "loss": loss, "data": data, "trainer": trainer}
     keys = {"data.manifest": manifest, "backbone.weights": weights, "backbone.size": size,
-            "backbone.precision": precision}
+            "backbone.precision": precision,
+            "data.holdout_species": str(Path(holdout_species).resolve()) if holdout_species else None}
     run_dir, resuming = resolve_run(out, resume, RUNS_DIR)
     if resuming:
         given = [f"{g}={v}" for g, v in chosen.items() if v] + [f"{k}={v}" for k, v in keys.items() if v]
@@ -98,7 +102,15 @@ def run_adapt(cfg, run_dir: Path) -> Path:
     for i, r in enumerate(results):  # the main model at the top; every variant loadable for `ecoalign compare`
         for folder in ([run_dir] if i == 0 else []) + [run_dir / "variants" / r["variant"]]:
             _save_encoder(folder, r["model"], paired.info, c["backbone"], paired.manifest, paired.mean, paired.std,
-                          c["data"], species, _model_kwargs(c), precision=paired.precision)
+                          c["data"], species, _model_kwargs(c), precision=paired.precision,
+                          holdout=report["holdout"]["species"])
+    if "releve_species_text" in report:  # a text-based relevé encoder: species named in text can be mapped
+        from ecoalign.aerial.zero_shot import write_zero_shot_files
+
+        report["zero_shot"] = write_zero_shot_files(
+            run_dir, results[0]["model"], data, species, paired.cache.plot_ids, paired.cache.centres,
+            _checklist(paired.manifest, paired.releves.species), report["releve_species_text"]["organism_encoder"],
+            report["holdout"]["species"])
     _write_reports(run_dir, report, results, paired.info, c, t0)
     return run_dir
 
@@ -213,16 +225,36 @@ def _alignment_data(paired: PairedData, c: dict, report: dict):
 
     data_cfg, cache = c["data"], paired.cache
     rel = paired.releves.subset(list(cache.plot_ids))
-    present = rel.cover.sum(axis=0) > 0
+    from ecoalign.data.releves import read_species_list
+
+    held = read_species_list(data_cfg.get("holdout_species"), rel.species)
+    present = (rel.cover.sum(axis=0) > 0) & ~np.isin(np.asarray(rel.species, dtype=object), held)
     species = [s for s, keep in zip(rel.species, present) if keep]
     split = spatial_block_split(cache.centres, block_size_m=data_cfg["block_size_m"],
                                 val_fraction=data_cfg["val_fraction"], test_fraction=data_cfg["test_fraction"],
                                 seed=int(c.get("seed", 0)))
+    emptied = rel.cover[:, present].sum(axis=1) <= 0  # plots that held only held-out species: not trained on
+    split = np.where(emptied, "excluded", split)
+    report["holdout"] = {"file": data_cfg.get("holdout_species"), "species": held, "plots_emptied": int(emptied.sum())}
+    if held:
+        log.info("held out %d species from every relevé (%d plot(s) left empty and excluded): %s", len(held),
+                 int(emptied.sum()), held)
     report["split"] = {"block_size_m": data_cfg["block_size_m"],
                        **{s: int((split == s).sum()) for s in ("train", "val", "test")}}
     data = AlignmentData(torch.from_numpy(np.array(cache.embeddings, dtype=np.float32)),
                          torch.from_numpy(rel.cover[:, present]), split)
     return data, species
+
+
+def _checklist(manifest, species: Sequence[str]):
+    """The taxonomy names are placed with: the manifest's species table (all its rows), else genus from the name."""
+    import pandas as pd
+
+    from ecoalign.data.taxonomy import parse_name
+
+    if manifest.species is not None:
+        return pd.read_csv(manifest.species.path)
+    return pd.DataFrame({"species": list(species), "genus": [parse_name(s)[0] for s in species]})
 
 
 def _model_kwargs(c: dict) -> dict:
@@ -251,6 +283,7 @@ def _train_variants(data, c: dict, run_dir: Path, species: list, manifest, repor
                      ("anchor_off" if lam > 0 else "anchor_on", 0.0 if lam > 0 else 1.0, True, "contrastive"),
                      ("botasp", 0.0, True, "species")]
     train_kwargs = {k: tr_cfg[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "patience")}
+    train_kwargs["releve_subsample"] = float(c["releve_encoder"].get("train_subsample", 0.0))
     return [train_alignment(name, data, folder=run_dir / "variants" / name, model_kwargs=model_kwargs,
                             anchor_weight=weight, train_adapter=train_adapter, seed=int(c.get("seed", 0)),
                             objective=objective, progress=tr_cfg.get("progress", True), log=log.info, **train_kwargs)
@@ -282,7 +315,7 @@ def _device(name: str) -> str:
 
 
 def _save_encoder(run_dir: Path, model, info, bb_cfg, manifest, mean, std, data_cfg, species, model_kwargs, *,
-                  precision: str = "fp32") -> None:
+                  precision: str = "fp32", holdout: Sequence[str] = ()) -> None:
     """The adapted encoder as files that ``ecoalign.load_encoder`` rebuilds without the training code."""
     enc = run_dir / "encoder"
     enc.mkdir(exist_ok=True)
@@ -299,4 +332,5 @@ def _save_encoder(run_dir: Path, model, info, bb_cfg, manifest, mean, std, data_
         "nodata": manifest.nodata, "patch_size_m": data_cfg["patch_size_m"],
         "adapter": {"mlp_hidden": model_kwargs["adapter_mlp_hidden"], "proj_dim": model_kwargs["proj_dim"]},
         "releve_encoder": model_kwargs["releve_encoder"], "species": species, "trained_on": manifest.identity(),
+        "holdout_species": list(holdout),
     })

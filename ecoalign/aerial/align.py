@@ -84,11 +84,27 @@ def evaluate(model: AlignmentModel, data: AlignmentData, rows: torch.Tensor, anc
     return out
 
 
+def subsample_releves(cover: torch.Tensor, rate: float) -> torch.Tensor:
+    """A share ``rate`` of the relevés reduced to a random subset of their species (each kept with a probability
+    drawn uniformly per relevé, at least one kept), so that relevés of one or a few species, what a zero-shot
+    query names, are in the training distribution of the relevé encoder."""
+    if rate <= 0:
+        return cover
+    present = cover > 0
+    chosen = torch.rand(cover.shape[0], 1) < rate
+    keep = torch.rand_like(cover) < torch.rand(cover.shape[0], 1)
+    one = torch.zeros_like(present)  # one present species of each relevé, at random
+    one.scatter_(1, torch.multinomial(present.float() + 1e-9, 1), True)
+    keep = (keep & present) | (one & present)
+    return torch.where(chosen & ~keep, torch.zeros_like(cover), cover)
+
+
 def train_alignment(name: str, data: AlignmentData, *, folder: Path, model_kwargs: dict, anchor_weight: float,
                     train_adapter: bool, epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,
                     seed: int, progress: bool = True, log=None, on_epoch_end=None,
-                    objective: str = "contrastive") -> dict:
-    """Train (or resume) one variant; keep the best epoch by validation loss; return its test metrics."""
+                    objective: str = "contrastive", releve_subsample: float = 0.0) -> dict:
+    """Train (or resume) one variant; keep the best epoch by validation loss; return its test metrics.
+    ``releve_subsample``: see ``subsample_releves`` (training batches only)."""
     from tqdm import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,7 +138,8 @@ def train_alignment(name: str, data: AlignmentData, *, folder: Path, model_kwarg
             idx = order[s:s + batch_size]
             if len(idx) < 2:
                 continue
-            parts = model.losses(data.frozen[idx, views[s:s + batch_size]], data.cover[idx], anchor_weight)
+            cover = subsample_releves(data.cover[idx], releve_subsample) if objective == "contrastive" else data.cover[idx]
+            parts = model.losses(data.frozen[idx, views[s:s + batch_size]], cover, anchor_weight)
             optim.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optim.step()

@@ -40,6 +40,7 @@ def render_report(report: dict) -> str:
            f"- embedding pass: {report['embedding_pass']['seconds']:.1f} s"
            + (" (reused from cache)" if report["embedding_pass"]["reused_cache"] else
               f", {report['embedding_pass']['plots_per_second'] or 0:.2f} plots/s"),
+           *_zero_shot_lines(report),
            "", "## Held-out retrieval and anchor fidelity", "",
            "| variant | objective | anchor λ | adapter trained | epochs (best) | img→rel R@1 | img→rel R@10 | rel→img R@1 | rel→img R@10 | fidelity r |",
            "|---|---|---|---|---|---|---|---|---|---|"]
@@ -54,6 +55,21 @@ def render_report(report: dict) -> str:
             "DOFA embeddings of the test plots (1 = geometry unchanged). botasp is the supervised baseline "
             "(adapter + multi-label species head on DOFA embeddings).", ""]
     return "\n".join(out)
+
+
+def _zero_shot_lines(report: dict) -> list[str]:
+    """Held-out species and the zero-shot calibration, for runs that have them."""
+    lines = []
+    held = (report.get("holdout") or {}).get("species") or []
+    if held:
+        lines.append(f"- held out of every relevé ({len(held)}): {', '.join(held)}; plots left empty and excluded: "
+                     f"{report['holdout']['plots_emptied']} (`ecoalign evaluate-zero-shot {report['run_dir']}`)")
+    cal = (report.get("zero_shot") or {}).get("calibration")
+    if cal:
+        lines.append(f"- zero-shot calibration: suitability = expit({cal['slope']:.2f} x similarity "
+                     f"{cal['intercept']:+.2f}), on {cal['pairs']} train plot x species pairs (pooled AUC "
+                     f"{cal['pooled_auc']:.3f})")
+    return lines
 
 
 def next_steps(report: dict) -> str:

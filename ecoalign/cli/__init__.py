@@ -14,7 +14,7 @@ from ecoalign.core.errors import EcoalignInputError
 # the verb modules, in the order ``ecoalign --help`` lists them
 VERB_MODULES = ("adapt", "embed", "fit", "evaluate", "compare", "map", "organism_world", "curate", "train_organism",
                 "zero_shot", "few_shot", "predict", "intrinsic", "embed_images", "manifest_hash",
-                "convert_bundle")
+                "convert_bundle", "evaluate_zero_shot")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

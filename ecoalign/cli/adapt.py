@@ -25,6 +25,9 @@ def register(sub) -> dict:
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
                    help="continue an interrupted run: RUN, or without a value the latest one (under --out if "
                         f"given, else runs/adapt); only overrides of {', '.join(RESUMABLE_KEYS)} are accepted")
+    p.add_argument("--holdout-species", metavar="FILE",
+                   help="species removed from every relevé before training (leave-species-out validation, see "
+                        "`ecoalign evaluate-zero-shot`): a text file, one name a line, or a CSV (column 'species')")
     p.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     return {"adapt": run}
 
@@ -33,5 +36,6 @@ def run(args) -> int:
     from ecoalign.aerial.adapt import adapt
 
     adapt(args.overrides, **{g: getattr(args, g) for g in GROUPS}, manifest=args.manifest, weights=args.weights,
-          size=args.size, out=args.out, resume=args.resume, precision=args.precision)
+          size=args.size, out=args.out, resume=args.resume, precision=args.precision,
+          holdout_species=args.holdout_species)
     return 0

@@ -13,7 +13,17 @@ def register(sub) -> dict:
     p.add_argument("--encoder", required=True,
                    help="'dofa' (frozen DOFA: size, weights and wavelengths taken from the bundle), "
                         "'dofa-small'/'dofa-base', or an `ecoalign adapt` run directory")
-    p.add_argument("--model", required=True, help="model bundle directory written by `ecoalign fit`")
+    p.add_argument("--model", default=None,
+                   help="model bundle directory written by `ecoalign fit`; leave out for a zero-shot map "
+                        "(--releve/--species with an `adapt --releve-encoder organism_text` run as --encoder)")
+    p.add_argument("--releve", action="append", default=None, metavar="'NAME=COVER,...'",
+                   help="zero-shot: one band for this named composition, e.g. 'Quercus ilex=60,Pistacia "
+                        "lentiscus=20' (percent cover; repeatable); species never seen in training are placed "
+                        "through their genus in the run's checklist")
+    p.add_argument("--raw-similarity", action="store_true",
+                   help="zero-shot: write the cosine similarity instead of the calibrated suitability")
+    p.add_argument("--organism-encoder", default=None,
+                   help="zero-shot: where the run's organism text encoder now lies (checked to be the same model)")
     p.add_argument("--raster", required=True, nargs="+", metavar="RASTER",
                    help="GeoTIFF with the encoder's bands, in the model's CRS; or many tiles read as one mosaic: "
                         "a quoted glob ('tiles/*.tif'), several files, or a GDAL .vrt (tiles in one CRS, with the "
@@ -37,7 +47,8 @@ def register(sub) -> dict:
     group.add_argument("--workers", type=int, default=None, help="a local dask cluster with N worker processes")
     p.add_argument("--no-quicklook", action="store_true", help="skip the PNG quicklook")
     p.add_argument("--species", nargs="+", default=None, metavar="NAME",
-                   help="map only these species of the bundle, in this order (default: all)")
+                   help="map only these species of the bundle, in this order (default: all); zero-shot (no "
+                        "--model): one band per named species (a one-species relevé)")
     p.add_argument("--threshold-rule", default=None, metavar="RULE|NUMBER",
                    help="threshold of the presence map <stem>_presence.tif (uint8: 1 presence, 0 absence, 255 "
                         "nodata): max_tss, equal_sens_spec or p10_presence (out-of-fold thresholds stored in the "
@@ -56,6 +67,9 @@ def map_verb(args) -> int:
 
     if args.batch_size < 1:
         raise EcoalignInputError(f"--batch-size {args.batch_size}", expected="a positive number of windows")
+    if args.model is None and not (args.releve or args.species):
+        raise EcoalignInputError("no --model and nothing named for a zero-shot map",
+                                 expected="--model BUNDLE, or --releve 'NAME=COVER,...' / --species NAME")
     raster = args.raster[0] if len(args.raster) == 1 else args.raster
     map_raster(args.encoder, args.model, raster, args.out, env_rasters=args.env_rasters, stride_m=args.stride_m,
                batch_size=args.batch_size, overwrite=args.overwrite, scheduler=args.scheduler, workers=args.workers,
@@ -63,5 +77,6 @@ def map_verb(args) -> int:
                max_nodata_fraction=args.max_nodata_fraction, wavelengths_um=args.wavelengths,
                weights=args.weights, species=args.species, threshold_rule=args.threshold_rule,
                presence=not args.no_presence, uncertainty=not args.no_uncertainty, precision=args.precision,
-               band_mean=args.band_mean, band_std=args.band_std, trusted=args.trust)
+               band_mean=args.band_mean, band_std=args.band_std, trusted=args.trust, releve=args.releve,
+               raw_similarity=args.raw_similarity, organism_encoder=args.organism_encoder)
     return 0

@@ -1,9 +1,10 @@
 """Relevé tables (long or wide, percent or cover classes) into one plots x species cover matrix in percent."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ class ReleveTable:
     cover: np.ndarray  # float32, (P, S), percent
     report: dict[str, Any] = field(default_factory=dict)
 
-    def subset(self, plot_ids) -> "ReleveTable":
+    def subset(self, plot_ids) -> ReleveTable:
         index = {p: i for i, p in enumerate(self.plot_ids)}
         rows = [index[p] for p in plot_ids]
         return ReleveTable(np.asarray(plot_ids, dtype=object), self.species, self.cover[rows], dict(self.report))
@@ -171,3 +172,30 @@ def read_manifest_releves(manifest) -> ReleveTable:
     return read_releves(ref.path, format=ref.get("format", "long"), plot_column=ref.get("plot_column", "plot_id"),
                         species_column=ref.get("species_column", "species"), cover_column=ref.get("cover_column", "cover"),
                         cover_scale=ref.get("cover_scale"), sep=ref.get("sep"))
+
+
+def read_species_list(path, species: Sequence[str]) -> list[str]:
+    """The names of a species-list file (``adapt --holdout-species``, ``evaluate-zero-shot --species``; text: one a
+    line, ``#`` comments; CSV: column ``species`` or the first), each of which must be a species of the relevé
+    table ``species``; [] for no file."""
+    if not path:
+        return []
+    path = Path(path)
+    if not path.is_file():
+        raise EcoalignInputError("species list file not found", path=path,
+                                 expected="a text file with one species name a line, or a CSV with a species column")
+    if path.suffix.lower() == ".csv":
+        table = pd.read_csv(path, dtype=str)
+        column = "species" if "species" in table.columns else table.columns[0]
+        names = table[column].dropna().tolist()
+    else:
+        names = [line.split("#")[0] for line in path.read_text().splitlines()]
+    names = list(dict.fromkeys(" ".join(n.split()) for n in names if n and n.strip()))
+    if not names:
+        raise EcoalignInputError("the species list names no species", path=path,
+                                 expected="one species name a line")
+    unknown = [n for n in names if n not in set(species)]
+    if unknown:
+        raise EcoalignInputError(f"species {unknown[:5]} are in no relevé", path=path,
+                                 expected=f"names as the relevé table spells them, e.g. {list(species)[:3]}")
+    return names

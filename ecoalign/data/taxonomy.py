@@ -264,6 +264,19 @@ def _clean_species(value, genus: str | None, notes: list[str]) -> tuple[str | No
     return genus, epithet
 
 
+def parse_name(name) -> tuple[str | None, str | None, list[str]]:
+    """(genus, epithet, notes) of a free-text name ('Quercus ilex L.', 'quercus ILEX', 'Quercus sp.'), cleaned by
+    the rules of :meth:`Taxon.from_ranks`; genus None when the text holds no Latin genus."""
+    notes: list[str] = []
+    words = " ".join(str(name or "").replace("_", " ").split()).split(" ")
+    if not words[0] or not re.fullmatch(r"[A-Za-z][A-Za-z-]*", words[0]):
+        return None, None, [f"{name!r}: no Latin genus"]
+    genus = _capitalised(words[0])
+    rest = " ".join(words[1:])
+    _, epithet = _clean_species(f"{genus} {rest}" if rest else genus, genus, notes)
+    return genus, epithet, notes
+
+
 # ---- text forms ---------------------------------------------------------------------------------------
 
 def text(taxon: Taxon, kind: str) -> str:
@@ -326,4 +339,4 @@ def captions(taxon: Taxon, kind: str, templates: tuple[str, ...] | list[str] = T
     return [tpl.format(t) for tpl in templates]
 
 
-__all__ = ["RANKS", "TEXT_TYPES", "TEMPLATES", "MISSING", "SYNONYMS", "Taxon", "text", "captions"]
+__all__ = ["MISSING", "RANKS", "SYNONYMS", "TEMPLATES", "TEXT_TYPES", "Taxon", "captions", "parse_name", "text"]

@@ -13,6 +13,12 @@ The ecology behind it, from strongest to subtlest:
   grow where within a land cover (Gaussian niches) and leave only a faint trace in the image (wet ground is
   slightly darker with a higher NIR/red ratio; nutrient-rich ground has more tree crowns and bushes and a
   greener NIR): the plant-composition signal a botany-aware alignment has to learn;
+* phylogenetic niche conservatism in the plant checklist: members of a genus (Quercus, Pinus, Salix, Festuca,
+  Trifolium, Juncus, Ranunculus, Rumex, Erica, Cistus, Lavandula, Thymus) share a main land cover and sit close
+  in (moisture, nutrient), so a species' genus says much about where it grows, with documented exceptions
+  (``NICHE_EXCEPTIONS``: Salvia, Prunus, Carex, whose members diverge), and many genera with a single member
+  (Fagus, Pistacia, Typha, ...). ``species.csv`` carries each species' full taxonomy (genus included), the
+  checklist an organism text encoder embeds; ``genus_structure()`` summarises it for evaluation;
 * butterflies (presence only) and soil-fauna trophic groups that respond to land cover, the gradients and
   plant richness, for downstream "put the embedding to work" tasks.
 
@@ -39,7 +45,8 @@ from scipy import ndimage, special
 
 from ecoalign.core.io import sha256_file
 
-__all__ = ["DEMO_BANDS", "LANDCOVERS", "generate_demo_world", "plant_niches", "DEMO_FILES"]
+__all__ = ["DEMO_BANDS", "DEMO_FILES", "LANDCOVERS", "NICHE_EXCEPTIONS", "generate_demo_world", "genus_structure",
+           "plant_niches"]
 
 DEMO_BANDS = {"blue": 0.49, "green": 0.56, "red": 0.665, "nir": 0.842}
 """Band name -> centre wavelength in micrometres, in the order of the bands of ``ortho.tif``."""
@@ -115,7 +122,28 @@ _PLANTS = [
     ("Calluna vulgaris", "Magnoliopsida", "Ericales", "Ericaceae", "heather", {S: 1.0, G: .4}, .50, .05, .20, 45),
     ("Pistacia lentiscus", "Magnoliopsida", "Sapindales", "Anacardiaceae", "mastic", {S: 1.0}, .15, .30, .20, 40),
     ("Cistus monspeliensis", "Magnoliopsida", "Malvales", "Cistaceae", "Montpellier cistus", {S: 1.0}, .10, .20, .20, 40),
+    # congeners of the species above: each close to its genus (phylogenetic niche conservatism) ...
+    ("Quercus pubescens", "Magnoliopsida", "Fagales", "Fagaceae", "downy oak", {F: 1.0, S: .25}, .32, .38, .25, 50),
+    ("Pinus pinaster", "Pinopsida", "Pinales", "Pinaceae", "maritime pine", {F: 1.0, S: .3}, .20, .15, .25, 55),
+    ("Salix cinerea", "Magnoliopsida", "Malpighiales", "Salicaceae", "grey willow", {W: 1.0, F: .5}, .85, .55, .20, 40),
+    ("Festuca ovina", "Liliopsida", "Poales", "Poaceae", "sheep's fescue", {G: 1.0}, .35, .25, .30, 30),
+    ("Trifolium repens", "Magnoliopsida", "Fabales", "Fabaceae", "white clover", {G: 1.0, C: .5}, .55, .62, .30, 20),
+    ("Juncus inflexus", "Liliopsida", "Poales", "Juncaceae", "hard rush", {W: 1.0, G: .5}, .75, .50, .25, 25),
+    ("Ranunculus repens", "Magnoliopsida", "Ranunculales", "Ranunculaceae", "creeping buttercup", {G: 1.0, W: .6}, .70, .68, .25, 15),
+    ("Rumex obtusifolius", "Magnoliopsida", "Caryophyllales", "Polygonaceae", "broad-leaved dock", {G: 1.0}, .60, .80, .25, 12),
+    ("Erica cinerea", "Magnoliopsida", "Ericales", "Ericaceae", "bell heather", {S: 1.0}, .32, .10, .20, 30),
+    ("Cistus albidus", "Magnoliopsida", "Malvales", "Cistaceae", "grey-leaved cistus", {S: 1.0}, .12, .25, .20, 35),
+    ("Lavandula stoechas", "Magnoliopsida", "Lamiales", "Lamiaceae", "topped lavender", {S: 1.0}, .12, .15, .20, 20),
+    ("Thymus serpyllum", "Magnoliopsida", "Lamiales", "Lamiaceae", "wild thyme", {S: 1.0}, .18, .18, .25, 12),
+    # ... and the documented exceptions (see NICHE_EXCEPTIONS): congeners whose niches diverge
+    ("Prunus avium", "Magnoliopsida", "Rosales", "Rosaceae", "wild cherry", {F: 1.0}, .55, .60, .25, 30),
+    ("Carex acutiformis", "Liliopsida", "Poales", "Cyperaceae", "lesser pond-sedge", {W: 1.0}, .90, .65, .20, 40),
 ]
+# Genera whose members do not share a niche (Salvia: meadow clary vs rosemary, Rosmarinus until 2017; Prunus:
+# forest cherry vs scrub blackthorn; Carex: calcareous-grassland sedge vs fen sedge). Every other genus with more
+# than one member has members close in niche (``genus_structure``: nearest-congener distance below the
+# 10th percentile of distances between species of different genera) and the same main land cover.
+NICHE_EXCEPTIONS = ("Salvia", "Prunus", "Carex")
 OFF_COVER_AFFINITY = 0.01  # a species now and then strays outside its land covers
 
 # Butterflies: species, family, common name, land-cover effects (logit), moisture and nutrient slopes.
@@ -192,6 +220,27 @@ def plant_niches() -> pd.DataFrame:
         row.update({f"affinity_{lc}": affinity.get(lc, OFF_COVER_AFFINITY) for lc in LANDCOVERS})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def genus_structure() -> pd.DataFrame:
+    """Per species: its genus, the number of species in that genus, whether the genus is a documented niche
+    exception, and the niche distance to its nearest congener (None for a genus of one): the structure that
+    leave-species-out (zero-shot) validation relies on."""
+    n = plant_niches()
+    n["genus"] = n["species"].str.split().str[0]
+    feats = _niche_features(n)
+    rows = []
+    for i, (sp, genus) in enumerate(zip(n["species"], n["genus"])):
+        mates = np.flatnonzero((n["genus"] == genus).to_numpy() & (np.arange(len(n)) != i))
+        dist = float(np.linalg.norm(feats[mates] - feats[i], axis=1).min()) if len(mates) else None
+        rows.append({"species": sp, "genus": genus, "genus_size": len(mates) + 1,
+                     "niche_exception": genus in NICHE_EXCEPTIONS, "nearest_congener_distance": dist})
+    return pd.DataFrame(rows)
+
+
+def _niche_features(niches: pd.DataFrame) -> np.ndarray:
+    """A species' niche as one vector: moisture and nutrient optima and its land-cover affinities (0..1 each)."""
+    return niches[["moisture_opt", "nutrient_opt"] + [f"affinity_{lc}" for lc in LANDCOVERS]].to_numpy(float)
 
 
 def generate_demo_world(root: str | os.PathLike, *, n_plots: int = 400, size_m: float = 4000.0,

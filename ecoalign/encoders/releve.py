@@ -33,13 +33,14 @@ class SetReleveEncoder(nn.Module):
     attends over the present species only, so plots with very different species counts encode comparably.
     With ``species_text`` (S, T) fixed text embeddings of the species (``encoders.species_text``), a species
     token is a learned linear projection of its text embedding (plus, with ``species_residual``, a learned
-    per-species correction starting at zero); ``forward(cover, species_text=...)`` then encodes relevés over
+    per-species correction starting at zero; with ``standardise_text``, of the text embedding standardised with the
+    training species' mean and sd, kept as buffers); ``forward(cover, species_text=...)`` then encodes relevés over
     another species list, species unseen in training included.
     """
 
     def __init__(self, n_species: int, out_dim: int, hidden: int = 256, heads: int = 4, dropout: float = 0.1,
                  species_embeddings: torch.Tensor | None = None, species_text: torch.Tensor | None = None,
-                 species_residual: bool = False):
+                 species_residual: bool = False, standardise_text: bool = False):
         super().__init__()
         self.species = self.text_proj = self.residual = None
         if species_text is None:
@@ -54,6 +55,10 @@ class SetReleveEncoder(nn.Module):
                 raise EcoalignInputError(f"species text embeddings of shape {tuple(species_text.shape)}",
                                          expected=f"({n_species} species, text dim)")
             self.register_buffer("species_text", species_text)
+            if standardise_text:  # text embeddings of related taxa differ by little: project their differences
+                self.register_buffer("text_mean", species_text.mean(0))
+                self.register_buffer("text_std", species_text.std(0).clamp_min(1e-6) if len(species_text) > 1
+                                     else torch.ones(species_text.shape[1]))
             self.text_proj = nn.Linear(species_text.shape[1], hidden)
             if species_residual:
                 self.residual = nn.Embedding(n_species, hidden)
@@ -73,9 +78,14 @@ class SetReleveEncoder(nn.Module):
                                          expected="releve_encoder=organism_text to encode other species lists")
             return self.species.weight
         if species_text is not None:
-            return self.text_proj(torch.as_tensor(species_text, dtype=torch.float32))
-        tokens = self.text_proj(self.species_text)
+            return self.text_proj(self._standardised(torch.as_tensor(species_text, dtype=torch.float32)))
+        tokens = self.text_proj(self._standardised(self.species_text))
         return tokens + self.residual.weight if self.residual is not None else tokens
+
+    def _standardised(self, text: torch.Tensor) -> torch.Tensor:
+        """Text embeddings standardised with the training species' mean and sd (when ``standardise_text``)."""
+        mean = getattr(self, "text_mean", None)
+        return text if mean is None else (text - mean) / self.text_std
 
     def forward(self, cover_percent: torch.Tensor, species_text: torch.Tensor | None = None) -> torch.Tensor:
         feats = cover_features(cover_percent)  # (B, S)
@@ -97,7 +107,7 @@ def build_releve_encoder(cfg: dict, n_species: int, out_dim: int) -> nn.Module:
 
     from ecoalign.core.errors import EcoalignInputError
 
-    params = {k: v for k, v in cfg.items() if k not in ("_target_", "kind", "species_text")}
+    params = {k: v for k, v in cfg.items() if k not in ("_target_", "kind", "species_text", "train_subsample")}
     target = cfg.get("_target_") or RELEVE_ENCODERS.get(cfg.get("kind"))
     if target is None:
         raise EcoalignInputError(f"unknown relevé encoder '{cfg.get('kind')}'", where="releve_encoder",

@@ -85,9 +85,9 @@ def predict_features(model, task: str, X) -> np.ndarray:
 
 def output_bands(plan: MapPlan) -> list[tuple[str, str]]:
     """(species, kind) of each band a block holds: the prediction of every target (kind ``probability``, or
-    ``value`` for abundance models), then, when ``plan.extra["spread"]``, the ensemble's standard deviation of
-    every target (kind ``sd``)."""
-    kind = "value" if plan.task == "abundance" else "probability"
+    ``value`` for abundance models and raw zero-shot similarity, ``suitability`` for zero-shot maps), then, when ``plan.extra["spread"]``, the
+    ensemble's standard deviation of every target (kind ``sd``)."""
+    kind = {"abundance": "value", "similarity": "value", "suitability": "suitability"}.get(plan.task, "probability")
     bands = [(t, kind) for t in plan.targets]
     if plan.extra.get("spread"):
         bands += [(t, "sd") for t in plan.targets]

@@ -76,9 +76,15 @@ def encoder_from_plan(plan: MapPlan) -> Encoder:
 
 def model_from_plan(plan: MapPlan):
     """The fitted model of the plan's bundle (cached per process, keyed on the model file's content: a long-lived
-    worker must not serve a bundle re-fitted into the same folder)."""
+    worker must not serve a bundle re-fitted into the same folder), or the zero-shot model the plan carries."""
     from ecoalign.sdm.bundle_io import bundle_hash
     from ecoalign.sdm.fitting import load_bundle
+
+    if plan.extra.get("zero_shot"):
+        from ecoalign.aerial.zero_shot import ZeroShotModel
+
+        spec = plan.extra["zero_shot"]
+        return cached("zero_shot:" + json.dumps(spec, sort_keys=True), lambda: ZeroShotModel.from_spec(spec))
 
     model_sha = bundle_hash(plan.bundle)
     trusted = plan.extra.get("trusted", ())

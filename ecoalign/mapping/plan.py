@@ -94,7 +94,7 @@ class MapPlan:
         else:
             raster = os.stat(self.raster)
             d["raster_size_mtime"] = [raster.st_size, raster.st_mtime_ns]
-        d["bundle_sha256"] = bundle_hash(self.bundle)
+        d["bundle_sha256"] = bundle_hash(self.bundle) if self.bundle else None  # a zero-shot map has none
         return json.loads(json.dumps(d, default=str))
 
 

@@ -103,7 +103,8 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
                block_px: int | None = None, wavelengths_um: Sequence[float] | None = None, weights: str | None = None,
                device=None, species: Sequence[str] | None = None, threshold_rule: str | float | None = None,
                presence: bool = True, uncertainty: bool = True, precision: str | None = None, band_mean=None,
-               band_std=None, trusted: Sequence[str] = ()) -> Path:
+               band_std=None, trusted: Sequence[str] = (), releve: Sequence[str] | str | None = None,
+               raw_similarity: bool = False, organism_encoder: str | None = None) -> Path:
     """Map a species-model bundle over a raster into a COG; resumes a killed run. Returns the COG's path.
 
     Outputs (see ``ecoalign.mapping.writer``): ``out`` (float32: one band per species, then for ensembles one
@@ -124,9 +125,13 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
     ``precision`` (fp32 | bf16 | int8 | auto), ``band_mean``/``band_std``: the encoder's numeric precision and fixed
     band statistics (default: the encoder's, else those recorded in the bundle; never the mapped raster's).
     ``trusted``: type names the bundle's estimator file may build beyond ecoalign's trusted types.
-    """
-    from tqdm.auto import tqdm
 
+    Zero-shot maps (``model=None``; ``encoder`` an ``adapt --releve-encoder organism_text`` run): one band per
+    ``releve`` string (``"Quercus ilex=60,Pistacia lentiscus=20"``) and per ``species`` name (a one-species
+    relevé), each the calibrated suitability of every window for that composition (``raw_similarity``: the cosine
+    similarity instead), see ``ecoalign.aerial.zero_shot``; ``organism_encoder`` replaces the run's organism text
+    encoder path (it must be the same model). Presence maps only with a numeric ``threshold_rule``.
+    """
     from ecoalign.sdm.fitting import load_bundle, read_bundle_meta
     from ecoalign.sdm.outputs import select_species
 
@@ -135,6 +140,17 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
         raise EcoalignInputError("the output exists", path=out, expected="another --out, or --overwrite to replace it")
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise EcoalignInputError("the output must be a GeoTIFF", path=out, expected="a path ending in .tif")
+    if model is None:
+        plan, fitted, encoder = zero_shot_plan(
+            encoder, raster, out, releve=releve, species=species, raw=raw_similarity, organism=organism_encoder,
+            threshold_rule=threshold_rule if presence else None, stride_m=stride_m, block_px=block_px,
+            max_nodata_fraction=max_nodata_fraction, precision=precision)
+        return _write_map(plan, fitted, encoder, out, overwrite=overwrite, scheduler=scheduler, workers=workers,
+                          batch_size=batch_size, device=device, quicklook=quicklook, progress=progress)
+    if releve or raw_similarity or organism_encoder:
+        raise EcoalignInputError("--releve, --raw-similarity and --organism-encoder make zero-shot maps, which take "
+                                 "no species model", where="--model", expected="either --model BUNDLE or --releve/--species "
+                                 "with an organism-text adapt run as --encoder")
     meta = read_bundle_meta(model)
     targets = select_species(meta, species, model)
     presence_spec = _presence(meta, targets, threshold_rule, presence, model, out)
@@ -151,6 +167,59 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
                     max_nodata_fraction=max_nodata_fraction, encoder_spec=spec, trusted=trusted, loaded=loaded)
     fitted = loaded[0]
     plan = _outputs(plan, fitted, targets, uncertainty, presence_spec)
+    return _write_map(plan, fitted, encoder, out, overwrite=overwrite, scheduler=scheduler, workers=workers,
+                      batch_size=batch_size, device=device, quicklook=quicklook, progress=progress)
+
+
+def zero_shot_plan(encoder, raster, out: Path | None = None, *, releve=None, species=None, raw: bool = False,
+                   organism=None, threshold_rule=None, stride_m=None, block_px=None, max_nodata_fraction: float = 0.5,
+                   precision=None):
+    """The plan of a zero-shot map: the run's window grid, its adapted encoder, and a ``ZeroShotModel`` (carried in
+    ``plan.extra["zero_shot"]``, so workers and the resume fingerprint see it) in place of a bundle."""
+    from ecoalign.aerial.embed import EMBED_PREFIX
+    from ecoalign.aerial.zero_shot import NEEDED, ZeroShotRun, compositions
+    from ecoalign.mapping.plan import plan_windows
+
+    run_dir = encoder if isinstance(encoder, (str, Path)) else (getattr(encoder, "metadata", None) or {}).get("run_dir")
+    if run_dir is None or getattr(encoder, "adapter", True) is None:
+        raise EcoalignInputError(f"a zero-shot map needs the aligned encoders of an adapt run, not {encoder!r}",
+                                 where="--encoder", expected=NEEDED)
+    run = ZeroShotRun(run_dir, organism_encoder=organism)
+    comps = compositions([releve] if isinstance(releve, str) else list(releve or ()),
+                         [species] if isinstance(species, str) else list(species or ()))
+    model = run.model(comps, raw=raw)
+    encoder = resolve_encoder(encoder, precision=precision)
+    plan = plan_windows(encoder, raster, stride_m=stride_m, block_px=block_px,
+                        max_nodata_fraction=max_nodata_fraction, encoder_spec=run_dir)
+    presence_spec = {"written": False, "reason": "zero-shot suitability has no fitted threshold (give a number "
+                                                 "as the threshold rule for a presence map)"}
+    if threshold_rule is not None:
+        try:
+            value = float(threshold_rule)
+        except (TypeError, ValueError):
+            raise EcoalignInputError(f"threshold rule {threshold_rule!r}: a zero-shot map has no stored thresholds",
+                                     where="--threshold-rule", expected="a number, e.g. 0.5") from None
+        presence_spec = {"written": True, "file": presence_path(out or "map.tif").name, "nodata": PRESENCE_NODATA,
+                         "rule": "fixed", "thresholds": {t: value for t in model.species_}}
+    info = {"run": str(Path(run_dir).resolve()), "compositions": [{"band": label, "releve": items}
+                                                                 for label, items in comps],
+            "calibration": None if raw else run.info["calibration"], "raw_similarity": bool(raw),
+            "holdout_species": run.info.get("holdout_species", [])}
+    plan = dataclasses.replace(
+        plan, targets=list(model.species_), task="similarity" if raw else "suitability",
+        features=[f"{EMBED_PREFIX}{j:03d}" for j in range(encoder.embed_dim)],
+        extra={"uses_embeddings": True, "outputs": True, "spread": False, "uncertainty": None,  # no sd panels
+               "presence": presence_spec, "zero_shot": model.spec(), "zero_shot_info": info})
+    return plan, model, encoder
+
+
+def _write_map(plan: MapPlan, fitted, encoder, out: Path, *, overwrite: bool, scheduler, workers, batch_size: int,
+               device, quicklook: bool, progress: bool) -> Path:
+    """Blocks of the plan computed (here or on Dask workers) and written, resumably, then finalised to COGs."""
+    from tqdm.auto import tqdm
+
+    presence_spec = plan.extra["presence"]
+    presence_out = presence_path(out)
     partial = PartialMap(out, plan)
     done = partial.open()
     todo = [b for b in plan.blocks if b.key not in done]

@@ -175,6 +175,8 @@ def map_metadata(plan: MapPlan) -> dict:
                          for i, (name, kind) in enumerate(output_bands(plan), start=1)]
         meta["uncertainty"] = plan.extra.get("uncertainty")
         meta["presence"] = plan.extra.get("presence")
+    if plan.extra.get("zero_shot_info"):  # a zero-shot map: the run, the named compositions, the calibration
+        meta["zero_shot"] = plan.extra["zero_shot_info"]
     return meta
 
 
@@ -246,7 +248,7 @@ def quicklook_figure(path: str | Path, max_side: int = 512, max_species: int = M
         by_kind = {(b["species"], b["kind"]): b["band"] - 1 for b in bands}
         rows = []
         for i, sp in enumerate(species):
-            row = [(sp, kind, arr[by_kind[(sp, kind)]]) for kind in ("probability", "value", "sd")
+            row = [(sp, kind, arr[by_kind[(sp, kind)]]) for kind in ("probability", "suitability", "value", "sd")
                    if (sp, kind) in by_kind]
             if (sp, "sd") not in by_kind and meta.get("uncertainty"):  # say why, rather than leave a gap
                 row.append((sp, "no sd", meta["uncertainty"].get("reason", "no spread")))
@@ -282,12 +284,13 @@ def quicklook_figure(path: str | Path, max_side: int = 512, max_species: int = M
                 title = f"{name}: presence" + (f" (≥ {t:.3g}, {presence.get('rule')})" if t is not None else "")
             else:
                 cmap = matplotlib.colormaps["magma" if kind == "sd" else "viridis"].with_extremes(bad="#bdbdbd")
-                limits = {"vmin": 0.0, "vmax": 1.0} if kind == "probability" else {}
+                limits = {"vmin": 0.0, "vmax": 1.0} if kind in ("probability", "suitability") else {}
                 if kind == "sd":
                     limits = {"vmin": 0.0, "vmax": float(band.max()) if band.count() and band.max() > 0 else 1.0}
                 im = ax.imshow(band, cmap=cmap, interpolation="nearest", **limits)
                 fig.colorbar(im, ax=ax, shrink=0.8)
                 title = {"probability": f"{name}: probability", "value": f"{name}: predicted value",
+                         "suitability": f"{name}: zero-shot suitability",
                          "sd": f"{name}: sd (ensemble spread)", "band": name}[kind]
             ax.set_title(title, fontsize=9)
             ax.set_axis_off()
