@@ -150,8 +150,7 @@ def test_cli_kill_and_resume(bryce_run, tmp_path):
            "--out", str(out), *FAST, "trainer.epochs=150", "trainer.patience=150", "trainer.progress=false"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ckpt = out / "variants" / "adapted" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+    while not ckpt.exists() and proc.poll() is None:  # no wall-clock deadline: a loaded machine is only slower
         time.sleep(0.05)
     time.sleep(0.3)
     assert proc.poll() is None, "the run ended before it could be killed"
@@ -159,7 +158,7 @@ def test_cli_kill_and_resume(bryce_run, tmp_path):
     proc.wait()
     assert not (out / "report.json").exists()
     done = subprocess.run([sys.executable, "-m", "ecoalign.cli", "adapt", "--resume", str(out)], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming after epoch" in done.stdout + done.stderr
     report = json.loads((out / "report.json").read_text())

@@ -179,7 +179,7 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
            "-m", "ecoalign.cli", "train-organism", "--data", str(data / "curated"), "--epochs", "1",
            "--batch-size", "4", "--replay", str(data / "pairs"), "--replay-batch-size", "2", "--device", "cpu",
            "--out", str(out), "progress=false", "log_every=1", "val_split=null"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "train_report.json").read_text())
     assert report["world_size"] == 2 and report["train_images"] == 24 and report["steps"] == 3
@@ -200,8 +200,7 @@ def test_killed_run_resumes_to_the_same_weights(data, full_run, tmp_path):
     cmd = [sys.executable, "-m", "ecoalign.cli", "train-organism", "--data", kw["curated"], "--out", str(out), *flags]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "checkpoints" / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+    while not (out / "checkpoints" / "last.pt").exists() and proc.poll() is None:  # no wall-clock deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
