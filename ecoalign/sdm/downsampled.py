@@ -122,3 +122,47 @@ class DownsampledBagging(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    # A fitted forest is saved as a few concatenated arrays, not as hundreds of tree objects: skops writes every
+    # array of every tree as its own member, which made saving (and reloading) a 30-species committee take minutes
+    # and dominate `fit`. The state holds only numbers; the trees are rebuilt with scikit-learn's own Tree.
+    _PACKED = ("tree_node_counts_", "tree_max_depths_", "tree_nodes_", "tree_values_")
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        trees = state.get("estimators_")
+        if self.base != "tree" or not trees:
+            return state
+        state = {k: v for k, v in state.items() if k not in ("estimators_", "leaf_presence_")}
+        structures = [est.tree_.__getstate__() for est in trees]
+        state["tree_node_counts_"] = np.array([t["node_count"] for t in structures], dtype=np.int64)
+        state["tree_max_depths_"] = np.array([t["max_depth"] for t in structures], dtype=np.int64)
+        state["tree_nodes_"] = np.concatenate([t["nodes"] for t in structures])
+        state["tree_values_"] = np.concatenate([t["values"] for t in structures])
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        packed = {k: state.pop(k) for k in self._PACKED if k in state}
+        super().__setstate__(state)
+        if len(packed) == len(self._PACKED):
+            self._unpack(**{k.removeprefix("tree_").removesuffix("_"): v for k, v in packed.items()})
+
+    def _unpack(self, node_counts, max_depths, nodes, values) -> None:
+        from sklearn.tree import DecisionTreeClassifier
+        from sklearn.tree._tree import Tree
+
+        ends = np.cumsum(node_counts)
+        self.estimators_ = []
+        for count, depth, end in zip(node_counts, max_depths, ends):
+            start = end - count
+            tree = Tree(self.n_features_in_, np.array([2], dtype=np.intp), 1)
+            tree.__setstate__({"max_depth": int(depth), "node_count": int(count),
+                               "nodes": np.ascontiguousarray(nodes[start:end]),
+                               "values": np.ascontiguousarray(values[start:end])})
+            est = DecisionTreeClassifier(max_features=self.max_features, min_samples_leaf=self.min_samples_leaf)
+            est.tree_, est.classes_, est.n_classes_, est.n_outputs_ = tree, self.classes_, 2, 1
+            est.n_features_in_ = self.n_features_in_
+            est.max_features_ = tree.n_features if self.max_features is None else est.max_features
+            self.estimators_.append(est)
+        self.leaf_presence_ = [self._leaf_fraction(est.tree_) for est in self.estimators_]
