@@ -195,10 +195,28 @@ def test_threads_never_oversubscribe():
 def test_threshold_rules_by_hand():
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
     s = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.2, 0.1, 0.05])
-    rules = threshold_rules(y, s)
+    rules = threshold_rules(y, s, smooth=False)
     assert rules["max_tss"] == max_tss_threshold(y, s) == 0.3  # sens 1, spec 4/6: TSS 0.667 (0.583 at 0.6)
     assert rules["p10_presence"] == 0.3  # 90 % of presences score at least this
     assert rules["equal_sens_spec"] == 0.4  # gap 0.083 at 0.6 (0.75 vs 0.833) and at 0.4 (0.75 vs 0.667): lower wins
+
+
+def test_smoothed_thresholds_land_nearer_the_true_optimum_than_the_step_curve():
+    # binormal scores on the logit scale (presences N(1, 1), background N(-1, 1)): the population max-TSS
+    # threshold is the midpoint, logit 0 -> 0.5. With 15 presences the step curve's maximum wanders.
+    rng = np.random.default_rng(0)
+    err = {True: [], False: []}
+    for _ in range(150):
+        z = np.r_[rng.normal(1, 1, 15), rng.normal(-1, 1, 600)]
+        y = np.r_[np.ones(15), np.zeros(600)]
+        s = 1 / (1 + np.exp(-z))
+        for smooth in (True, False):
+            t = threshold_rules(y, s, smooth=smooth)["max_tss"]
+            err[smooth].append(np.log(t / (1 - t)) ** 2)
+    assert np.mean(err[True]) < 0.7 * np.mean(err[False])
+    rules = threshold_rules(y, s)
+    assert 0.2 < rules["max_tss"] < 0.8 and 0.2 < rules["equal_sens_spec"] < 0.8
+    assert rules["p10_presence"] == threshold_rules(y, s, smooth=False)["p10_presence"]
 
 
 def test_intervals_contain_their_estimate_and_few_presence_species_stay_out_of_the_macro():
@@ -268,7 +286,7 @@ def test_thresholds_come_from_out_of_fold_predictions_not_the_training_rows(po_f
     for s in res.species:
         y = res.y[s].to_numpy()
         ok = np.isfinite(y) & np.isfinite(res.oof[s].to_numpy())
-        assert res.thresholds[s] == max_tss_threshold(y[ok] > 0, res.oof[s].to_numpy()[ok])
+        assert res.thresholds[s] == threshold_rules(y[ok] > 0, res.oof[s].to_numpy()[ok])["max_tss"]
         assert res.thresholds[s] < 0.9  # in-sample LightGBM scores put it near 1 (the bug this replaces)
 
 

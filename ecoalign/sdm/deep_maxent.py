@@ -78,7 +78,8 @@ class DeepMaxent(SpeciesModelMixin, BaseEstimator):
     ~20,000 rows use one).
     """
 
-    def __init__(self, hidden: Sequence[int] = (64, 64), epochs: int = 200, learning_rate: float = 3e-3,
+    # 100 steps at 6e-3 matched 200 at 3e-3 in out-of-fold AUC on the disdat training records, at half the cost
+    def __init__(self, hidden: Sequence[int] = (64, 64), epochs: int = 100, learning_rate: float = 6e-3,
                  weight_decay: float = 1e-4, dropout: float = 0.1, min_presences: int = 2, random_state: int = 0,
                  n_jobs: int | None = None):
         self.hidden = hidden

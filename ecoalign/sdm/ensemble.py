@@ -155,6 +155,7 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         params = self.member_params or {}
         splits = self._splits(len(Xa), coords)
         self.components_: list[tuple[str, object, np.ndarray]] = []  # (member, fitted fold model, quantiles)
+        ref_scores: list[np.ndarray] = []  # each component's scores at the reference rows
         oof = {m: np.full((len(Xa), S), np.nan) for m in members}
         for k, (train, test) in enumerate(splits):
             for m in members:
@@ -165,8 +166,9 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
                     except EcoalignInputError as exc:  # e.g. no species has presences in this fold
                         log.warning("fold %d, member %s not fitted: %s", k + 1, m, exc)
                         continue
-                quant = self._quantiles(model, Xa[self.reference_rows_])
+                quant, at_reference = self._quantiles(model, Xa[self.reference_rows_])
                 self.components_.append((m, model, quant))
+                ref_scores.append(at_reference)
                 oof[m][test] = self._component_scores(model, quant, Xa[test])
             log.info("ensemble fold %d/%d fitted (%s)", k + 1, len(splits), ", ".join(members))
         if not self.components_:
@@ -191,22 +193,28 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
             warnings.filterwarnings("ignore", message=_EMPTY_MEAN, category=RuntimeWarning)
             self.oof_ = np.nanmean(stacked, axis=0)
         self.oof_[~used] = np.nan
+        # the final model's scores at the reference (landscape) rows, free from the quantile pass: the bundle keeps
+        # them for Boyce instead of predicting the committee again
+        self.reference_scores_ = self._mean(np.stack([r for (m, _, _), r in zip(self.components_, ref_scores)
+                                                      if m in self.selected_]))
         log.info("ensemble members (out-of-fold AUC): %s; selected %s",
                  {m: round(a, 4) for m, a in self.member_cv_auc_.items()}, self.selected_)
         return self
 
-    def _quantiles(self, model, X_ref: np.ndarray) -> np.ndarray:
-        """(1001, S) quantiles of the fold model's scores on the reference rows, NaN for species it lacks."""
+    def _quantiles(self, model, X_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(1001, S) quantiles of the fold model's scores on the reference rows (NaN for species it lacks), and
+        its component scores there (``_component_scores`` from the same single prediction)."""
         q = np.full((len(_LEVELS), len(self.species_)), np.nan)
         proba = model.predict_proba(X_ref)
         for i, s in enumerate(model.species_):
             q[:, self.species_.index(s)] = np.quantile(proba[:, i], _LEVELS)
-        return q
+        return q, self._component_scores(model, q, X_ref, proba)
 
-    def _component_scores(self, model, quant: np.ndarray, X: np.ndarray) -> np.ndarray:
+    def _component_scores(self, model, quant: np.ndarray, X: np.ndarray, proba: np.ndarray | None = None
+                          ) -> np.ndarray:
         """(n, S) share of the reference scored lower (ties count half), NaN for species the model lacks."""
         out = np.full((len(X), len(self.species_)), np.nan)
-        proba = model.predict_proba(X)
+        proba = model.predict_proba(X) if proba is None else proba
         for i, s in enumerate(model.species_):
             j = self.species_.index(s)
             q = quant[:, j]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from ecoalign.sdm.fitting import fit_bundle, load_bundle
+from ecoalign.sdm.fitting import fit_and_save, load_bundle, read_bundle_meta
 from ecoalign.sdm.sites import read_sites
 from ecoalign.sdm.spec import ModelSpec, as_spec
 
@@ -80,6 +80,6 @@ def fit(spec: ModelSpec | str | Path, *, manifest=None, embeddings=None, points=
     spec = as_spec(spec)
     sites = read_sites(spec, manifest=manifest, embeddings=embeddings, points=points, covariates=covariates,
                        background=background, id_column=id_column, crs=crs)
-    path = fit_bundle(spec, sites, out, seed=seed, n_jobs=n_jobs, overwrite=overwrite)
-    return Bundle.load(path)
+    path, model = fit_and_save(spec, sites, out, seed=seed, n_jobs=n_jobs, overwrite=overwrite)
+    return Bundle(Path(path), model, read_bundle_meta(path))
 

@@ -262,6 +262,13 @@ def score_predictions(spec: ModelSpec, Y: pd.DataFrame, pred: pd.DataFrame, thre
 def fit_bundle(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int = 0, n_jobs=-1,
                overwrite: bool = False, progress: bool = True) -> Path:
     """Cross-validate, refit on all sites, and save the bundle `ecoalign evaluate` and `ecoalign map` load."""
+    return fit_and_save(spec, sites, out, seed=seed, n_jobs=n_jobs, overwrite=overwrite, progress=progress)[0]
+
+
+def fit_and_save(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int = 0, n_jobs=-1,
+                 overwrite: bool = False, progress: bool = True) -> tuple[Path, object]:
+    """``fit_bundle``, also returning the fitted model: the caller that wants it need not load it back from disk
+    (for a many-species committee, reading the bundle again costs seconds)."""
     out = Path(out)
     if (out / "bundle.json").exists() and not overwrite:
         raise EcoalignInputError("a model bundle already exists here", path=out, expected="another --out, or --overwrite")
@@ -275,10 +282,14 @@ def fit_bundle(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int 
     reference = None
     if spec.task != "abundance":
         model[-1].set_thresholds({s: t for s, t in cv.thresholds.items() if s in species and np.isfinite(t)})
-        rows = _background_rows(spec, sites.Y[cv.species])
-        if len(rows) > REFERENCE_ROWS:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, REFERENCE_ROWS, replace=False))
-        reference = np.asarray(model.predict_proba(sites.X.iloc[rows]), dtype=np.float32)
+        # presence-only: the ensemble scored background rows (its landscape reference) while fitting
+        reference = getattr(model[-1], "reference_scores_", None) if spec.task == "presence_only" else None
+        if reference is None:
+            rows = _background_rows(spec, sites.Y[cv.species])
+            if len(rows) > REFERENCE_ROWS:
+                rows = np.sort(np.random.default_rng(seed).choice(rows, REFERENCE_ROWS, replace=False))
+            reference = model.predict_proba(sites.X.iloc[rows])
+        reference = np.asarray(reference, dtype=np.float32)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (LEGACY_MODEL_FILE, MODEL_FILE):  # an overwritten bundle: none of the old model stays
         (out / stale).unlink(missing_ok=True)
@@ -310,7 +321,7 @@ def fit_bundle(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int 
     })
     log.info("bundle written to %s (%d species, thresholds from out-of-fold predictions; sha256 %s)", out,
              len(species), meta["content_sha256"])
-    return out
+    return out, model
 
 
 def summary(metrics: pd.DataFrame) -> dict:

