@@ -91,7 +91,7 @@ def _markdown(spec, allm: pd.DataFrame) -> str:
             cells.append("" if r.empty else f"{r.value.iloc[0]:.3f} [{r.ci_low.iloc[0]:.3f}, {r.ci_high.iloc[0]:.3f}]")
         lines.append(f"| {enc} | {agg} | " + " | ".join(cells) + " |")
     lines += ["", "Values with bias-corrected bootstrap 95% intervals over sites. Thresholds (TSS, F1, sensitivity, "
-              "specificity) are the max-TSS thresholds chosen on the out-of-fold predictions.", ""]
+              "specificity) are the max-TSS thresholds of the kernel-smoothed out-of-fold ROC curve.", ""]
     if allm["random_weights"].fillna(False).any():
         lines.append("NOTE: some encoders ran on RANDOM backbone weights.")
     return "\n".join(lines)

@@ -306,7 +306,7 @@ def fit_and_save(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: in
         "features": list(sites.X.columns), "categorical": list(spec.features.get("categorical") or []),
         "species": species, "skipped_species": {**cv.skipped, **final.skipped_species_},
         "thresholds": {s: cv.thresholds.get(s, float("nan")) for s in species},
-        "threshold_rule": "max_tss (out-of-fold)", "threshold_rules": cv.threshold_rules,
+        "threshold_rule": "max_tss (out-of-fold, kernel-smoothed ROC)", "threshold_rules": cv.threshold_rules,
         "estimator": spec.estimator["name"],
         "ensemble": ({"members": list(final.members), "selected": list(final.selected_),
                       "member_cv_auc": final.member_cv_auc_, "components": len(final.components_)}
