@@ -72,6 +72,27 @@ def test_species_text_tokens_and_unseen_species(tiny_dir, tmp_path):
         SetReleveEncoder(4, 16, hidden=32, heads=2)(cover, species_text=torch.from_numpy(text))
 
 
+def test_rank_blocks_share_the_genus_part_of_congeners(tiny_dir, tmp_path):
+    """text_ranks=[species, genus]: the species block is the plain text embedding, the genus block is the same for
+    congeners (and for a bare name, through its genus word) and differs between genera."""
+    TABLE.to_csv(tmp_path / "species.csv", index=False)
+    manifest = SimpleNamespace(species=SimpleNamespace(path=tmp_path / "species.csv"))
+    names = ["Quercus robur", "Quercus ilex", "Pinus sylvestris"]
+    taxa, _ = manifest_taxa(manifest, names)
+    enc = load_organism_encoder(tiny_dir)
+    plain = species_text_embeddings(enc, names, taxa)
+    both = species_text_embeddings(enc, names, taxa, ranks=("species", "genus"))
+    assert both.shape == (3, 128)
+    np.testing.assert_allclose(both[:, :64], plain, atol=1e-6)
+    genus = both[:, 64:]
+    np.testing.assert_allclose(genus[0], genus[1], atol=1e-6)
+    assert np.abs(genus[0] - genus[2]).max() > 1e-3 and np.abs(both[0] - both[1]).max() > 1e-3
+    bare = species_text_embeddings(enc, ["Quercus ilex", "Quercus"], [None, None], ranks=("species", "genus"))
+    np.testing.assert_allclose(bare[0, 64:], bare[1, 64:], atol=1e-6)
+    with pytest.raises(EcoalignInputError, match="text ranks"):
+        species_text_embeddings(enc, names, taxa, ranks=("subgenus",))
+
+
 @pytest.mark.slow
 def test_adapt_with_organism_text_releve_encoder(tiny_dir, tmp_path):
     """adapt on a small generated world whose manifest has a species table (7 ranks + common names)."""

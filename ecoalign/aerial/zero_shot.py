@@ -174,10 +174,10 @@ class ZeroShotRun:
             import torch
 
             from ecoalign.encoders.releve import build_releve_encoder
+            from ecoalign.encoders.species_text import TEXT_KEYS
 
             state = torch.load(self.run_dir / "encoder" / "releve_encoder.pt", map_location="cpu", weights_only=True)
-            cfg = {k: v for k, v in self.meta["releve_encoder"].items()
-                   if k not in ("organism_encoder", "organism_weights", "text_type")}
+            cfg = {k: v for k, v in self.meta["releve_encoder"].items() if k not in TEXT_KEYS}
             cfg["species_text"] = state["species_text"]
             out_dim = self.meta["adapter"]["proj_dim"] or self.meta["backbone"]["embed_dim"]
             enc = build_releve_encoder(cfg, len(self.species), int(out_dim))
@@ -215,8 +215,9 @@ class ZeroShotRun:
         from ecoalign.encoders.species_text import species_text_embeddings
 
         taxa = [self.taxon(n) for n in names]
-        return species_text_embeddings(self.organism, list(names), taxa, self.meta["releve_encoder"].get(
-            "text_type", "taxonomic"))
+        cfg = self.meta["releve_encoder"]
+        return species_text_embeddings(self.organism, list(names), taxa, cfg.get("text_type", "taxonomic"),
+                                       ranks=tuple(cfg.get("text_ranks") or ("species",)))
 
     def releve_embeddings(self, comps: Sequence[tuple[str, list]]) -> np.ndarray:
         """(len(comps), D) L2-normalised relevé embeddings of named compositions."""
