@@ -113,6 +113,7 @@ def test_adapt_with_organism_text_releve_encoder(tiny_dir, tmp_path):
     assert info["species"] > 5 and info["with_taxonomy"] == info["species"]
     saved = json.loads((run / "encoder" / "encoder.json").read_text())["releve_encoder"]
     assert saved["organism_encoder"] == str(tiny_dir) and saved["kind"] == "attention"
+    assert saved["text_ranks"] == ["species", "genus"] and saved["species_query_weight"] > 0  # the defaults
     state = torch.load(run / "encoder" / "releve_encoder.pt", weights_only=True)
-    assert state["species_text"].shape == (info["species"], 64) and "text_proj.weight" in state
+    assert state["species_text"].shape == (info["species"], 2 * 64) and "text_proj.weight" in state
     assert 0.0 <= report["variants"][0]["test"]["image_to_releve_R@10"] <= 1.0

@@ -69,6 +69,12 @@ def test_holdout_species_are_removed_and_the_run_keeps_what_zero_shot_needs(zs):
     plots = r.plots()
     assert plots["adapted"].shape == (len(plots["plot_id"]), meta["backbone"]["embed_dim"])
     assert set(plots["split"]) <= {"train", "val", "test", "excluded"}
+    # the default text: a species block and a genus block, the latter shared by a held-out species and its congener
+    assert meta["releve_encoder"]["text_ranks"] == ["species", "genus"]
+    text = r.text_embeddings(["Quercus pubescens", "Quercus ilex", "Pinus halepensis"])
+    half = text.shape[1] // 2
+    np.testing.assert_allclose(text[0, half:], text[1, half:], atol=1e-6)
+    assert np.abs(text[0, :half] - text[1, :half]).max() > 1e-3 and np.abs(text[0, half:] - text[2, half:]).max() > 1e-3
     # a held-out species is placed through the checklist; a name new to it through its genus
     assert r.taxon("Quercus pubescens").family == "Fagaceae"
     new = r.taxon("quercus coccifera L.")
