@@ -110,6 +110,7 @@ def test_adapt_with_organism_text_releve_encoder(tiny_dir, tmp_path):
     report = json.loads((run / "report.json").read_text())
     info = report["releve_species_text"]
     assert info["organism_encoder"]["kind"] == "organism_clip" and info["text_type"] == "taxonomic"
+    assert info["text_ranks"] == ["species", "genus"]
     assert info["species"] > 5 and info["with_taxonomy"] == info["species"]
     saved = json.loads((run / "encoder" / "encoder.json").read_text())["releve_encoder"]
     assert saved["organism_encoder"] == str(tiny_dir) and saved["kind"] == "attention"

@@ -98,5 +98,6 @@ def releve_species_text(cfg: dict, manifest, species: Sequence[str]) -> tuple[di
     kwargs = {k: v for k, v in cfg.items() if k not in TEXT_KEYS}
     kwargs["species_text"] = torch.from_numpy(emb)
     info = {"organism_encoder": encoder.identity(), "text_type": cfg.get("text_type", "taxonomic"),
+            "text_ranks": list(cfg.get("text_ranks") or ("species",)),
             "species": len(species), "with_taxonomy": sum(t is not None for t in taxa), "notes": notes[:20]}
     return kwargs, info
