@@ -45,7 +45,10 @@ class SpeciesQueryLoss(nn.Module):
     Why: the contrastive loss only ever shows the relevé encoder whole-plot relevés, so the one-species relevé a
     zero-shot map is asked for is out of its training distribution (on the demo world its similarity ranks the
     plots of a *seen* species at AUC ~0.68). Training that query to score presence, through the text projection of
-    the species tokens, is what an unseen species' query then inherits."""
+    the species tokens, is what an unseen species' query then inherits.
+
+    Cost: one relevé per training species in every batch, i.e. S x S species tokens with the set encoder: fine for
+    the hundreds of species of the demo world, too much memory for thousands (not yet sampled or chunked)."""
 
     def __init__(self, cover: float, init_temperature: float = 10.0, init_bias: float = -5.0):
         super().__init__()
