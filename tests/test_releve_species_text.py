@@ -72,6 +72,27 @@ def test_species_text_tokens_and_unseen_species(tiny_dir, tmp_path):
         SetReleveEncoder(4, 16, hidden=32, heads=2)(cover, species_text=torch.from_numpy(text))
 
 
+def test_rank_blocks_share_the_genus_part_of_congeners(tiny_dir, tmp_path):
+    """text_ranks=[species, genus]: the species block is the plain text embedding, the genus block is the same for
+    congeners (and for a bare name, through its genus word) and differs between genera."""
+    TABLE.to_csv(tmp_path / "species.csv", index=False)
+    manifest = SimpleNamespace(species=SimpleNamespace(path=tmp_path / "species.csv"))
+    names = ["Quercus robur", "Quercus ilex", "Pinus sylvestris"]
+    taxa, _ = manifest_taxa(manifest, names)
+    enc = load_organism_encoder(tiny_dir)
+    plain = species_text_embeddings(enc, names, taxa)
+    both = species_text_embeddings(enc, names, taxa, ranks=("species", "genus"))
+    assert both.shape == (3, 128)
+    np.testing.assert_allclose(both[:, :64], plain, atol=1e-6)
+    genus = both[:, 64:]
+    np.testing.assert_allclose(genus[0], genus[1], atol=1e-6)
+    assert np.abs(genus[0] - genus[2]).max() > 1e-3 and np.abs(both[0] - both[1]).max() > 1e-3
+    bare = species_text_embeddings(enc, ["Quercus ilex", "Quercus"], [None, None], ranks=("species", "genus"))
+    np.testing.assert_allclose(bare[0, 64:], bare[1, 64:], atol=1e-6)
+    with pytest.raises(EcoalignInputError, match="text ranks"):
+        species_text_embeddings(enc, names, taxa, ranks=("subgenus",))
+
+
 @pytest.mark.slow
 def test_adapt_with_organism_text_releve_encoder(tiny_dir, tmp_path):
     """adapt on a small generated world whose manifest has a species table (7 ranks + common names)."""
@@ -89,9 +110,11 @@ def test_adapt_with_organism_text_releve_encoder(tiny_dir, tmp_path):
     report = json.loads((run / "report.json").read_text())
     info = report["releve_species_text"]
     assert info["organism_encoder"]["kind"] == "organism_clip" and info["text_type"] == "taxonomic"
+    assert info["text_ranks"] == ["species", "genus"]
     assert info["species"] > 5 and info["with_taxonomy"] == info["species"]
     saved = json.loads((run / "encoder" / "encoder.json").read_text())["releve_encoder"]
     assert saved["organism_encoder"] == str(tiny_dir) and saved["kind"] == "attention"
+    assert saved["text_ranks"] == ["species", "genus"] and saved["species_query_weight"] > 0  # the defaults
     state = torch.load(run / "encoder" / "releve_encoder.pt", weights_only=True)
-    assert state["species_text"].shape == (info["species"], 64) and "text_proj.weight" in state
+    assert state["species_text"].shape == (info["species"], 2 * 64) and "text_proj.weight" in state
     assert 0.0 <= report["variants"][0]["test"]["image_to_releve_R@10"] <= 1.0

@@ -69,6 +69,12 @@ def test_holdout_species_are_removed_and_the_run_keeps_what_zero_shot_needs(zs):
     plots = r.plots()
     assert plots["adapted"].shape == (len(plots["plot_id"]), meta["backbone"]["embed_dim"])
     assert set(plots["split"]) <= {"train", "val", "test", "excluded"}
+    # the default text: a species block and a genus block, the latter shared by a held-out species and its congener
+    assert meta["releve_encoder"]["text_ranks"] == ["species", "genus"]
+    text = r.text_embeddings(["Quercus pubescens", "Quercus ilex", "Pinus halepensis"])
+    half = text.shape[1] // 2
+    np.testing.assert_allclose(text[0, half:], text[1, half:], atol=1e-6)
+    assert np.abs(text[0, :half] - text[1, :half]).max() > 1e-3 and np.abs(text[0, half:] - text[2, half:]).max() > 1e-3
     # a held-out species is placed through the checklist; a name new to it through its genus
     assert r.taxon("Quercus pubescens").family == "Fagaceae"
     new = r.taxon("quercus coccifera L.")
@@ -219,3 +225,48 @@ def test_zero_shot_plans_resume_only_for_the_same_compositions(zs):
     raw = zero_shot_plan(str(zs["run"]), zs["crop"], species=["Quercus pubescens"], raw=True, stride_m=50)[0]
     assert one.fingerprint() == again.fingerprint() and one.fingerprint()["bundle_sha256"] is None
     assert one.fingerprint() != other.fingerprint() and one.fingerprint() != raw.fingerprint()
+
+
+def _query_auc(model, data) -> float:
+    """Mean AUC over species of one-species relevé queries ranking the test plots (what a zero-shot map does)."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = data.rows("test")
+    with torch.no_grad():
+        _, img = model.encode_image(data.frozen[rows, 0])
+        q = model.releve_encoder(torch.eye(data.cover.shape[1]) * SPECIES_COVER)
+    s = (torch.nn.functional.normalize(img, dim=1) @ torch.nn.functional.normalize(q, dim=1).T).numpy()
+    y = (data.cover[rows] > 0).numpy()
+    return float(np.mean([roc_auc_score(y[:, j], s[:, j]) for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]))
+
+
+def test_species_query_loss_is_a_presence_loss_that_trains_one_species_queries(tmp_path):
+    from ecoalign.aerial.align import AlignmentData, AlignmentModel, train_alignment
+
+    g = torch.Generator().manual_seed(0)
+    latent = torch.randn(240, 4, generator=g)
+    frozen = torch.cat([latent, torch.randn(240, 12, generator=g) * 0.5], dim=1)[:, None, :]
+    cover = (torch.relu(latent @ torch.randn(4, 8, generator=g) - 0.5) * 20).clamp(max=100)
+    data = AlignmentData(frozen, cover, np.array(["train"] * 160 + ["val"] * 40 + ["test"] * 40))
+    model_kwargs = {"proj_dim": None, "adapter_mlp_hidden": 0, "loss": {"name": "siglip"},
+                    "releve_encoder": {"kind": "attention", "hidden": 32, "heads": 2, "dropout": 0.0}}
+
+    weighted = {**model_kwargs, "releve_encoder": {**model_kwargs["releve_encoder"], "species_query_weight": 0.5}}
+    torch.manual_seed(0)
+    model = AlignmentModel(16, 8, **weighted)
+    parts = model.losses(frozen[:32, 0], cover[:32], anchor_weight=1.0)
+    q = model.releve_encoder(torch.eye(8) * SPECIES_COVER)
+    _, img = model.encode_image(frozen[:32, 0])
+    logits = (torch.nn.functional.normalize(img, dim=1) @ torch.nn.functional.normalize(q, dim=1).T
+              * model.species_query.log_t.exp() + model.species_query.bias)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, (cover[:32] > 0).float(),
+                                                                      reduction="sum") / 32
+    torch.testing.assert_close(parts["species_query"], expected)
+    torch.testing.assert_close(parts["loss"], parts["contrastive"] + parts["anchor"] + 0.5 * expected)
+    assert "species_query" not in AlignmentModel(16, 8, **model_kwargs).losses(frozen[:32, 0], cover[:32], 1.0)
+
+    kw = {"anchor_weight": 1.0, "train_adapter": True, "epochs": 25, "batch_size": 32, "lr": 1e-2,
+          "weight_decay": 0.0, "patience": 100, "seed": 0, "progress": False, "log": lambda m: None}
+    plain = train_alignment("plain", data, folder=tmp_path / "plain", model_kwargs=model_kwargs, **kw)["model"]
+    query = train_alignment("query", data, folder=tmp_path / "query", model_kwargs=weighted, **kw)["model"]
+    assert _query_auc(query, data) > _query_auc(plain, data) + 0.05 and _query_auc(query, data) > 0.95

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecoalign.aerial.losses import anchor_loss, build_contrastive_loss
+from ecoalign.aerial.losses import SpeciesQueryLoss, anchor_loss, build_contrastive_loss
 from ecoalign.aerial.retrieval import anchor_fidelity, retrieval_recall
 from ecoalign.core.io import atomic_path, load_torch, save_torch
 from ecoalign.encoders.adapter import ImageAdapter
@@ -38,6 +38,8 @@ class AlignmentModel(nn.Module):
 
     ``objective="species"`` is the BotaSP baseline instead: the same adapter trained with a supervised
     multi-label head that predicts which species are present, no relevé encoder and no contrast.
+    ``releve_encoder.species_query_weight`` > 0 adds that weight times ``SpeciesQueryLoss`` (one-species relevés
+    as presence queries, at the cover a zero-shot map gives a bare species name) to the contrastive loss.
     """
 
     def __init__(self, dim: int, n_species: int, *, proj_dim: int | None, adapter_mlp_hidden: int,
@@ -45,6 +47,7 @@ class AlignmentModel(nn.Module):
         super().__init__()
         out_dim = proj_dim or dim
         self.objective = objective
+        self.query_weight = 0.0
         self.adapter = ImageAdapter(dim, adapter_mlp_hidden)
         self.adapter.requires_grad_(train_adapter)
         self.image_proj = nn.Linear(dim, out_dim) if proj_dim else nn.Identity()
@@ -53,6 +56,11 @@ class AlignmentModel(nn.Module):
             return
         self.releve_encoder = build_releve_encoder(dict(releve_encoder), n_species, out_dim)
         self.contrastive = build_contrastive_loss(dict(loss))
+        self.query_weight = float(releve_encoder.get("species_query_weight") or 0.0)
+        if self.query_weight > 0:
+            from ecoalign.aerial.zero_shot import SPECIES_COVER
+
+            self.species_query = SpeciesQueryLoss(SPECIES_COVER)
 
     def encode_image(self, frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         adapted = self.adapter(frozen)
@@ -65,7 +73,11 @@ class AlignmentModel(nn.Module):
         else:
             contrastive = self.contrastive(img, self.releve_encoder(cover))
         anchor = anchor_loss(adapted, frozen) if anchor_weight > 0 else torch.zeros((), device=frozen.device)
-        return {"loss": contrastive + anchor_weight * anchor, "contrastive": contrastive, "anchor": anchor}
+        parts = {"loss": contrastive + anchor_weight * anchor, "contrastive": contrastive, "anchor": anchor}
+        if self.objective == "contrastive" and self.query_weight > 0:
+            parts["species_query"] = self.species_query(img, self.releve_encoder, cover)
+            parts["loss"] = parts["loss"] + self.query_weight * parts["species_query"]
+        return parts
 
 
 def evaluate(model: AlignmentModel, data: AlignmentData, rows: torch.Tensor, anchor_weight: float) -> dict[str, float]:

@@ -3,6 +3,8 @@
 * SigLIP: pairwise sigmoid loss with learnable temperature and bias (default).
 * InfoNCE: symmetric cross-entropy over the batch with a learnable temperature (CLIP).
 * Anchor: MSE between the batch cosine-similarity matrices of adapted and frozen image embeddings.
+* Species query: presence of each training species at each plot from the image's similarity to that species'
+  one-species relevé, the query a zero-shot map makes (``aerial.zero_shot``).
 """
 from __future__ import annotations
 
@@ -34,6 +36,31 @@ class InfoNCELoss(nn.Module):
         logits = F.normalize(img, dim=-1) @ F.normalize(rel, dim=-1).T * self.log_scale.exp().clamp(max=100.0)
         target = torch.arange(len(img), device=img.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class SpeciesQueryLoss(nn.Module):
+    """Sigmoid loss of species presence on (image, one-species relevé) similarity, with learnable temperature and
+    bias; summed over species and averaged over plots, like SigLIP over pairs.
+
+    Why: the contrastive loss only ever shows the relevé encoder whole-plot relevés, so the one-species relevé a
+    zero-shot map is asked for is out of its training distribution (on the demo world its similarity ranks the
+    plots of a *seen* species at AUC ~0.68). Training that query to score presence, through the text projection of
+    the species tokens, is what an unseen species' query then inherits.
+
+    Cost: one relevé per training species in every batch, i.e. S x S species tokens with the set encoder: fine for
+    the hundreds of species of the demo world, too much memory for thousands (not yet sampled or chunked)."""
+
+    def __init__(self, cover: float, init_temperature: float = 10.0, init_bias: float = -5.0):
+        super().__init__()
+        self.cover = float(cover)
+        self.log_t = nn.Parameter(torch.tensor(math.log(init_temperature)))
+        self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+
+    def forward(self, img: torch.Tensor, releve_encoder: nn.Module, cover: torch.Tensor) -> torch.Tensor:
+        n = cover.shape[1]
+        queries = releve_encoder(torch.eye(n, device=img.device) * self.cover)  # (S, D): one relevé per species
+        logits = F.normalize(img, dim=-1) @ F.normalize(queries, dim=-1).T * self.log_t.exp() + self.bias
+        return F.binary_cross_entropy_with_logits(logits, (cover > 0).float(), reduction="sum") / len(img)
 
 
 # `name` -> class, for configs that name a loss instead of giving its `_target_`

@@ -6,6 +6,13 @@ encodes (beside its relatives). The suitability of a place for a named compositi
 between the place's adapted image embedding and that relevé embedding, turned into a probability by a logistic
 calibration fitted at the end of ``adapt`` on the training species at the training plots (``zero_shot.json``).
 
+Two settings of the organism_text config make that query work for unseen species (defaults, chosen on the dev
+holdout of ``benchmarks/bench_zero_shot_maps.py``): ``text_ranks: [species, genus]`` (a species' text is its full
+taxonomic string and the string cut at its genus, so a new species shares the genus part of its seen congeners
+exactly; ``encoders.species_text``) and ``species_query_weight`` (adapt also trains the one-species relevé as a
+presence query of the training species, ``aerial.losses.SpeciesQueryLoss``; without it the query is out of the
+relevé encoder's training distribution). A species whose genus no training species shares gets no such help.
+
 Files an organism-text run holds for this (``<run>/encoder/``): ``zero_shot.json`` (calibration, the organism
 encoder's identity and hash, the held-out species, the cover a one-species relevé gets), ``taxonomy.csv`` (the
 checklist names are placed with) and ``plots.npz`` (plot ids, split, centres and adapted embeddings, for
@@ -174,10 +181,10 @@ class ZeroShotRun:
             import torch
 
             from ecoalign.encoders.releve import build_releve_encoder
+            from ecoalign.encoders.species_text import TEXT_KEYS
 
             state = torch.load(self.run_dir / "encoder" / "releve_encoder.pt", map_location="cpu", weights_only=True)
-            cfg = {k: v for k, v in self.meta["releve_encoder"].items()
-                   if k not in ("organism_encoder", "organism_weights", "text_type")}
+            cfg = {k: v for k, v in self.meta["releve_encoder"].items() if k not in TEXT_KEYS}
             cfg["species_text"] = state["species_text"]
             out_dim = self.meta["adapter"]["proj_dim"] or self.meta["backbone"]["embed_dim"]
             enc = build_releve_encoder(cfg, len(self.species), int(out_dim))
@@ -215,8 +222,9 @@ class ZeroShotRun:
         from ecoalign.encoders.species_text import species_text_embeddings
 
         taxa = [self.taxon(n) for n in names]
-        return species_text_embeddings(self.organism, list(names), taxa, self.meta["releve_encoder"].get(
-            "text_type", "taxonomic"))
+        cfg = self.meta["releve_encoder"]
+        return species_text_embeddings(self.organism, list(names), taxa, cfg.get("text_type", "taxonomic"),
+                                       ranks=tuple(cfg.get("text_ranks") or ("species",)))
 
     def releve_embeddings(self, comps: Sequence[tuple[str, list]]) -> np.ndarray:
         """(len(comps), D) L2-normalised relevé embeddings of named compositions."""

@@ -107,7 +107,8 @@ def build_releve_encoder(cfg: dict, n_species: int, out_dim: int) -> nn.Module:
 
     from ecoalign.core.errors import EcoalignInputError
 
-    params = {k: v for k, v in cfg.items() if k not in ("_target_", "kind", "species_text", "train_subsample")}
+    params = {k: v for k, v in cfg.items() if k not in ("_target_", "kind", "species_text", "train_subsample",
+                                                          "species_query_weight")}
     target = cfg.get("_target_") or RELEVE_ENCODERS.get(cfg.get("kind"))
     if target is None:
         raise EcoalignInputError(f"unknown relevé encoder '{cfg.get('kind')}'", where="releve_encoder",

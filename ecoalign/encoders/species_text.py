@@ -3,6 +3,9 @@
 Why: a learned per-species embedding knows nothing about a species absent from training; the text embedding of
 its taxonomic string ("Plantae Tracheophyta Magnoliopsida Fagales Fagaceae Quercus ilex") places it beside its
 relatives, so a relevé holding it still encodes sensibly (``SetReleveEncoder(species_text=...)``).
+With ``text_ranks`` (e.g. species and genus) a species' text embedding is the concatenation of the embeddings of
+its taxon seen at each rank (the taxonomic string cut there, as BioCLIP names a genus): members of a genus then
+share a part of their text exactly, however the text encoder happens to place their full names.
 """
 from __future__ import annotations
 
@@ -42,16 +45,40 @@ def manifest_taxa(manifest, species: Sequence[str]) -> tuple[list, list[str]]:
     return taxa, notes
 
 
-def species_text_embeddings(encoder, species: Sequence[str], taxa: Sequence, text_type: str = "taxonomic",
-                            templates: Sequence[str] | None = None) -> np.ndarray:
-    """(S, D) L2-normalised text embeddings, averaged over CLIP templates (zero-shot classifier practice)."""
-    from ecoalign.data.taxonomy import TEMPLATES, text
+# keys of the organism_text config that say how species become text, not how the relevé encoder is built
+TEXT_KEYS = ("organism_encoder", "organism_weights", "text_type", "text_ranks")
 
+
+def species_text_embeddings(encoder, species: Sequence[str], taxa: Sequence, text_type: str = "taxonomic",
+                            templates: Sequence[str] | None = None,
+                            ranks: Sequence[str] = ("species",)) -> np.ndarray:
+    """(S, D * len(ranks)) text embeddings averaged over CLIP templates (zero-shot classifier practice), one
+    L2-normalised block per rank in ``ranks`` (the taxon truncated there; a name without a taxon is its bare name
+    at species rank and its genus word above)."""
+    from ecoalign.data.taxonomy import RANKS, TEMPLATES
+
+    bad = [r for r in ranks if r not in RANKS]
+    if not ranks or bad:
+        raise EcoalignInputError(f"text ranks {list(ranks)}", where="releve_encoder.text_ranks",
+                                 expected=f"one or more of {list(RANKS)}, e.g. [species, genus]")
     templates = list(templates or TEMPLATES)
-    texts = [text(t, text_type) if t is not None else str(name) for name, t in zip(species, taxa)]
-    emb = encoder.embed_text([tpl.format(x) for x in texts for tpl in templates])
-    emb = emb.reshape(len(texts), len(templates), -1).mean(axis=1)
-    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    blocks = []
+    for rank in ranks:
+        texts = [_rank_text(name, t, rank, text_type) for name, t in zip(species, taxa)]
+        emb = encoder.embed_text([tpl.format(x) for x in texts for tpl in templates])
+        emb = emb.reshape(len(texts), len(templates), -1).mean(axis=1)
+        blocks.append(emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    return np.hstack(blocks).astype(np.float32)
+
+
+def _rank_text(name: str, taxon, rank: str, text_type: str) -> str:
+    """The text of a species seen at ``rank``: its taxon cut there (whole when shallower); a bare name (no taxon)
+    is itself at species rank and its genus word above."""
+    from ecoalign.data.taxonomy import RANKS, parse_name, text
+
+    if taxon is None:
+        return str(name) if rank == "species" else (parse_name(name)[0] or str(name))
+    return text(taxon.truncate(rank) if taxon.depth > RANKS.index(rank) else taxon, text_type)
 
 
 def releve_species_text(cfg: dict, manifest, species: Sequence[str]) -> tuple[dict, dict]:
@@ -66,9 +93,11 @@ def releve_species_text(cfg: dict, manifest, species: Sequence[str]) -> tuple[di
                                  expected="releve_encoder=organism_text (kind: attention)")
     encoder = load_organism_encoder(cfg["organism_encoder"], weights=cfg.get("organism_weights"))
     taxa, notes = manifest_taxa(manifest, species)
-    emb = species_text_embeddings(encoder, species, taxa, cfg.get("text_type", "taxonomic"))
-    kwargs = {k: v for k, v in cfg.items() if k not in ("organism_encoder", "organism_weights", "text_type")}
+    emb = species_text_embeddings(encoder, species, taxa, cfg.get("text_type", "taxonomic"),
+                                  ranks=tuple(cfg.get("text_ranks") or ("species",)))
+    kwargs = {k: v for k, v in cfg.items() if k not in TEXT_KEYS}
     kwargs["species_text"] = torch.from_numpy(emb)
     info = {"organism_encoder": encoder.identity(), "text_type": cfg.get("text_type", "taxonomic"),
+            "text_ranks": list(cfg.get("text_ranks") or ("species",)),
             "species": len(species), "with_taxonomy": sum(t is not None for t in taxa), "notes": notes[:20]}
     return kwargs, info
