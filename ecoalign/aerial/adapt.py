@@ -153,7 +153,7 @@ def _paired_data(c: dict, report: dict) -> PairedData:
     device = _device(bb_cfg.get("device", "auto"))
     precision = resolve_precision(bb_cfg.get("precision", "auto"), device=device, where="backbone.precision")
     if precision == "int8" and device != "cpu":
-        raise EcoalignInputError(f"backbone.precision=int8 runs on CPU only (torch dynamic quantisation), not {device}",
+        raise EcoalignInputError(f"backbone.precision=int8 runs on CPU only (oneDNN or torch dynamic quantisation), not {device}",
                                  where="backbone.precision", expected="bf16 or fp32 on a GPU, or backbone.device=cpu")
     model, info = build_dofa(bb_cfg.get("size", "base"), bb_cfg.get("weights", "none"))
     if info.random_weights:

@@ -9,7 +9,8 @@ the torch hub cache where torchgeo would download it; nothing is downloaded here
 Precision (``PRECISIONS``) is part of the encoder: ``fp32``; ``bf16`` (the transformer blocks in bfloat16,
 weights cast once per encoder and device, float32 outputs); ``int8`` (CPU only, prepared once per encoder: int8
 matmuls of the MLP linears, see ``ecoalign.encoders.int8``; ``int8_scheme()``, which says how on this machine, is
-in identities and cache keys). ``auto`` is bf16 on CUDA and fp32 elsewhere. The wavelength-generated patch embedding runs in float32 at every precision.
+in identities and cache keys). ``auto`` is bf16 on CUDA and fp32 elsewhere. The wavelength-generated patch
+embedding runs in float32 at every precision.
 """
 from __future__ import annotations
 
@@ -214,7 +215,8 @@ class DOFAFeatures:
                 self._bf16_blocks = (device, blocks.eval())
             return self._bf16_blocks[1]
         if device.type != "cpu":
-            raise EcoalignInputError(f"precision int8 runs on CPU only (oneDNN or torch dynamic quantisation), not on {device}",
+            raise EcoalignInputError(f"precision int8 runs on CPU only (oneDNN or torch dynamic quantisation), "
+                                     f"not on {device}",
                                      where="--precision / precision=", expected="bf16 or fp32 on a GPU")
         if self._int8_blocks is None:
             from ecoalign.encoders.int8 import int8_blocks, int8_scheme
