@@ -2,15 +2,18 @@
 
 Where oneDNN can (x86 PyTorch builds with oneDNN and bfloat16 support): the MLP linears as int8 oneDNN matmuls
 (AMX-INT8 or VNNI units; weights per output channel, prepacked once; activations quantised per tensor on each call;
-bias and GELU fused into the matmul) and everything else (attention, layer norms, residuals) in bfloat16. On
-CPUs with AMX-BF16 this is the only int8 that pays: torch dynamic quantisation (fbgemm) takes and gives float32,
-so the attention, half of the time, stayed float32, and its int8 matmuls ran slower than AMX bfloat16 ones.
-Elsewhere: torch dynamic quantisation (qint8, per tensor) of the same linears, the rest float32.
+bias and GELU fused into the matmul) and everything else (attention, layer norms, residuals) in bfloat16.
+Torch dynamic quantisation (fbgemm, VNNI) takes and gives float32, so everything around its int8 matmuls stays
+float32 (in `map`, the float32 attention took ~45% of the time), and on AMX cores its int8 matmuls ran slower
+than bfloat16 ones. Measured on 2 shared AMX cores, DOFA-small, batches of 32: this scheme about bf16's speed
+(0.98x bf16's CPU time, 2.3x fp32's), torch dynamic quantisation 0.6x bf16's. Elsewhere (no oneDNN bfloat16):
+torch dynamic quantisation (qint8, per tensor) of the same linears, the rest float32.
 
-Only the MLP's linears: quantising the attention's too (measured on DOFA-small, random weights, bench_map's
-raster) raised the error beside the spread between windows from 0.023 to 0.037 (per-tensor activation scales
-lose the small variation between windows around their large common part) and was slower, not faster, because
-quantising activations costs memory passes that a bfloat16 matmul does not pay.
+Only the MLP's linears: quantising the attention's too (DOFA-small, random weights, 36 windows of bench_map's
+raster) raised the error beside the spread between windows from 0.023 to 0.037 (bf16: 0.012; per-tensor
+activation scales lose the small variation between windows around their large common part) and was slower, not
+faster: quantising activations costs memory passes (range, scale, round, convert) that a bfloat16 matmul does
+not pay, and for the attention's smaller matmuls they cost more than int8 saves.
 """
 from __future__ import annotations
 
