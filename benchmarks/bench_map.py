@@ -7,9 +7,12 @@
   the same batch size), the same encoder (same cached kernel), the same standardisation and species model,
   predictions kept in memory and written as a GeoTIFF. Nodata windows are embedded and masked afterwards.
 Both run on a fully valid raster and on the same raster with a nodata footprint (a scene edge), and the maps
-are compared. ecoalign runs at every backbone precision of ``--precision`` (fp32, bf16, int8 dynamic
-quantisation; the baseline is fp32): tiles/s side by side, ratios to the baseline and to ecoalign fp32, and the
-fraction of valid pixels (pixel x species values) whose probability is within 0.02 of the fp32 map's. Every
+are compared. ecoalign runs at every backbone precision of ``--precision`` (fp32, bf16, int8: its scheme,
+``ecoalign.encoders.int8.int8_scheme()``, is printed; the baseline is fp32): tiles/s side by side, ratios to the baseline and to ecoalign fp32, and the
+fraction of valid pixels (pixel x species values) whose probability is within 0.02 of the fp32 map's. With
+``--repeat``, tiles/s are the fastest run's; the median run's and the least CPU time's ratios to the baseline
+follow (CPU time of this process and the DataLoader workers: on a shared machine wall-clock ratios move with the
+load). Every
 pipeline standardises bands with the same fixed statistics (the encoder's). Peak RSS of `map_raster` is measured
 in fresh subprocesses for a raster and one 4x larger (``--skip-rss`` skips it). On CUDA (untested here: no GPU on
 the development machine) it also reports bf16 tiles/s and the fraction of encoder-only throughput the full
@@ -179,6 +182,13 @@ def embedding_agreement(encoders, raster, k) -> dict:
     return out
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the baseline's DataLoader workers): on a shared
+    machine, wall-clock ratios move with the load and favour the multi-process baseline, CPU time much less."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def rss_child(raster: str, bundle: str, out: str) -> None:
     """Runs in a fresh process: map one raster and print peak RSS."""
     from ecoalign.mapping import map_raster
@@ -246,6 +256,10 @@ def main() -> None:
     print(f"[bench_map] torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}; DOFA-small random weights, {WINDOW} m windows at {RES:g} m; "
           f"precisions {precisions}")
+    if "int8" in precisions:
+        from ecoalign.encoders.int8 import int8_scheme
+
+        print(f"[bench_map] int8 here: {int8_scheme()}")
     with tempfile.TemporaryDirectory(prefix="bench_map_") as tmp:
         folder = Path(tmp)
         (folder / "valid").mkdir()
@@ -276,28 +290,48 @@ def main() -> None:
         xb = torch.randn(16, 4, 224, 224)
         n_batches = max(1, args.side ** 2 // 16)
         emb = embedding_agreement(encoders, valid, min(args.side, 4))
-        for p in precisions:
-            best = float("inf")
-            for _ in range(max(1, args.repeat)):
+        timed = dict(encoders)
+        if "int8" in precisions:  # the scheme oneDNN replaces, side by side (encoder only, not a pipeline)
+            from ecoalign.encoders import int8 as int8_module
+
+            if int8_module.onednn_int8_available():
+                real, int8_module.onednn_int8_available = int8_module.onednn_int8_available, lambda: False
+                try:
+                    timed["int8 dynamic"] = enc.with_precision("int8")  # a fresh encoder, blocks not yet made
+                    timed["int8 dynamic"].features(x)  # prepared now, while the fallback is what int8 means
+                    emb["int8 dynamic"] = embedding_agreement({"fp32": enc, "int8": timed["int8 dynamic"]}, valid,
+                                                              min(args.side, 4))["int8"]
+                finally:
+                    int8_module.onednn_int8_available = real
+        seconds = {p: [] for p in timed}
+        for _ in range(max(1, args.repeat)):  # interleaved, so a change of load hits every precision alike
+            for p, e in timed.items():
                 t0 = time.perf_counter()
                 for _ in range(n_batches):
-                    encoders[p].features(xb)
-                best = min(best, time.perf_counter() - t0)
-            enc_rate = n_batches * 16 / best
+                    e.features(xb)
+                seconds[p].append(time.perf_counter() - t0)
+        for p in timed:
+            enc_rate = n_batches * 16 / min(seconds[p])
+            ratio = np.median(np.array(seconds["fp32"]) / np.array(seconds[p]))
             print(f"[bench_map] encoder-only forward {p} (batches of 16, no I/O, no model): {enc_rate:.2f} tiles/s "
-                  f"= the ceiling for any {p} pipeline on fully valid rasters here{emb[p]}")
+                  f"(median of runs {ratio:.2f}x fp32's) = the ceiling for any {p} pipeline on fully valid rasters "
+                  f"here{emb[p]}")
         print(f"{'raster':<18}{'pipeline':<18}{'seconds':>9}{'tiles/s':>9}{'km2/min':>9}{'x naive':>9}"
-              f"{'x fp32':>8}{'within 0.02':>13}{'max |diff|':>12}   (vs the ecoalign fp32 map)")
+              f"{'x fp32':>8}{'within 0.02':>13}{'max |diff|':>12}{'median x naive':>16}{'cpu x naive':>13}"
+              f"   (vs the ecoalign fp32 map)")
         for name, raster, first in (("fully valid", valid, "naive"), ("45% nodata edge", edge, "ecoalign")):
-            res = {}
+            res, walls, cpus = {}, {}, {}
             runs = [f"ecoalign {p}" for p in precisions]
             for _ in range(max(1, args.repeat)):
                 for which in (["naive"] + runs) if first == "naive" else (runs + ["naive"]):
                     out = raster.parent / f"{which.replace(' ', '_')}.tif"
+                    cpu0 = _cpu_seconds()
                     if which == "naive":
                         got = run_naive(enc, bundle, raster, out, args.batch_size, args.num_workers)
                     else:
                         got = run_ecoalign(encoders[which.split()[1]], bundle, raster, out, args.batch_size)
+                    cpus[which] = min(cpus.get(which, float("inf")), _cpu_seconds() - cpu0)
+                    walls.setdefault(which, []).append(got[0])
                     res[which] = min(res.get(which, got), got, key=lambda r: r[0])
             ref = res["ecoalign fp32"][1]
             valid_px = ref != -9999.0
@@ -307,7 +341,9 @@ def main() -> None:
                 within = float((diff <= 0.02).mean()) if diff.size else float("nan")
                 print(f"{name:<18}{which + (' (fp32)' if which == 'naive' else ''):<18}{sec:9.1f}{tiles / sec:9.2f}"
                       f"{km2 / sec * 60:9.3f}{res['naive'][0] / sec:8.2f}x{res['ecoalign fp32'][0] / sec:7.2f}x"
-                      f"{within:13.4f}{float(diff.max()) if diff.size else 0.0:12.4f}", flush=True)
+                      f"{within:13.4f}{float(diff.max()) if diff.size else 0.0:12.4f}"
+                      f"{np.median(walls['naive']) / np.median(walls[which]):15.2f}x"
+                      f"{cpus['naive'] / cpus[which]:12.2f}x", flush=True)
             a, b = ref, res["naive"][1]
             diff = float(np.abs(a - b)[valid_px].max()) if valid_px.any() else 0.0
             print(f"{name:<18}ecoalign fp32 vs naive: same nodata {bool(((a == -9999.0) == (b == -9999.0)).all())}, "

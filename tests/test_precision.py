@@ -1,4 +1,4 @@
-"""Backbone precision (fp32, bf16, int8 dynamic quantisation): close to fp32, part of the encoder identity,
+"""Backbone precision (fp32, bf16, int8): close to fp32, part of the encoder identity,
 of cache keys and of map plans, prepared once per encoder, and bad values refused clearly."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import ecoalign
 from ecoalign.aerial.embed import embedding_columns, read_embeddings
 from ecoalign.cli import main
 from ecoalign.core.errors import EcoalignInputError
-from ecoalign.encoders.dofa import INT8_SCHEME, PRECISIONS, DOFAFeatures, resolve_precision
+from ecoalign.encoders import int8 as int8_module
+from ecoalign.encoders.dofa import PRECISIONS, DOFAFeatures, resolve_precision
 
 WAVES = [0.49, 0.56, 0.665, 0.842]
 MEAN, STD = [2000.0, 2100.0, 1900.0, 2500.0], [900.0, 950.0, 1000.0, 1200.0]
@@ -74,29 +75,60 @@ def test_precision_is_in_the_identity_and_shares_the_model(encoders):
     assert "int8" in repr(encoders["int8"])
 
 
-def test_int8_quantises_the_transformer_linears_once(encoders, monkeypatch):
-    import torch.ao.quantization as tq
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
+def _prepared_once(enc, monkeypatch):
+    """Run ``enc`` (int8) on two batches, counting how often int8 blocks are made; return the blocks."""
     calls = []
-    real = tq.quantize_dynamic
+    real = int8_module.int8_blocks
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tq, "quantize_dynamic", counting)
-    enc = encoders["fp32"].with_precision("int8")
+    monkeypatch.setattr(int8_module, "int8_blocks", counting)
     x = enc.image_tensor(_windows(3, seed=1))
-    enc.features(x[:2])
+    first = enc.features(x[:2])
     blocks = enc.features._int8_blocks
-    enc.features(x[2:])
+    second = enc.features(x[2:])
+    assert first.dtype == second.dtype == torch.float32
     assert len(calls) == 1 and enc.features._int8_blocks is blocks  # per encoder, not per batch
-    for block in blocks:  # INT8_LAYERS (the MLP) quantised, the attention's linears (their error moved maps) float32
+    return blocks
+
+
+@pytest.mark.skipif(not int8_module.onednn_int8_available(), reason="this PyTorch/CPU has no oneDNN int8 + bfloat16")
+def test_int8_runs_the_mlp_as_onednn_int8_matmuls_prepared_once(encoders, monkeypatch):
+    """Where oneDNN runs int8 matmuls: the MLP linears int8 (GELU fused into fc1), all else a bfloat16 copy."""
+    blocks = _prepared_once(encoders["fp32"].with_precision("int8"), monkeypatch)
+    for block in blocks:
+        assert [type(m) for m in (block.mlp.fc1, block.mlp.fc2)] == [int8_module.OneDNNInt8Linear] * 2
+        assert block.mlp.fc1.post[0] == "gelu" and type(block.mlp.act) is torch.nn.Identity
+        assert block.mlp.fc2.post[0] == "none" and block.mlp.fc1.packed.dtype == torch.int8
+        assert [type(m) for m in (block.attn.qkv, block.attn.proj)] == [torch.nn.Linear] * 2
+        assert block.attn.qkv.weight.dtype == block.norm1.weight.dtype == torch.bfloat16
+    assert encoders["int8"].identity()["int8_scheme"] == int8_module.int8_scheme()
+    assert "oneDNN" in int8_module.int8_scheme() and "int8_scheme" not in encoders["bf16"].identity()
+    mlp = encoders["fp32"].model.blocks[0].mlp  # the fp32 model is untouched
+    assert type(mlp.fc1) is torch.nn.Linear and type(mlp.act) is torch.nn.GELU
+    assert mlp.fc1.weight.dtype == torch.float32
+
+
+def test_int8_elsewhere_is_torch_dynamic_quantisation_of_the_mlp(encoders, monkeypatch):
+    """Without oneDNN int8 (another build or CPU): torch dynamic quantisation of the MLP linears, the rest
+    float32, under its own scheme name (caches and identities of the two schemes never mix)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    here = int8_module.int8_scheme()
+    monkeypatch.setattr(int8_module, "onednn_int8_available", lambda: False)
+    enc = encoders["fp32"].with_precision("int8")
+    blocks = _prepared_once(enc, monkeypatch)
+    for block in blocks:  # the attention's linears (their error moved maps) float32
         assert [type(m) for m in (block.mlp.fc1, block.mlp.fc2)] == [DynamicLinear] * 2
         assert [type(m) for m in (block.attn.qkv, block.attn.proj)] == [torch.nn.Linear] * 2
-    assert enc.identity()["int8_scheme"] == INT8_SCHEME and "int8_scheme" not in encoders["bf16"].identity()
-    assert type(encoders["fp32"].model.blocks[0].attn.qkv) is torch.nn.Linear  # the fp32 model is untouched
+        assert block.attn.qkv.weight.dtype == torch.float32
+    scheme = enc.identity()["int8_scheme"]
+    assert scheme.startswith("dynamic qint8") and (scheme != here or not int8_module.onednn_int8_available())
+    x = enc.image_tensor(_windows(3, seed=1))
+    ref, got = encoders["fp32"].features(x).numpy(), enc.features(x).numpy()
+    assert _cosine(ref, got).min() > 0.99 and not np.array_equal(ref, got)
 
 
 def test_bf16_casts_the_transformer_weights_once(encoders):

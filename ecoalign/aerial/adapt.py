@@ -129,11 +129,11 @@ def _paired_data(c: dict, report: dict) -> PairedData:
     from ecoalign.data.plots import plot_centres, read_manifest_plots
     from ecoalign.data.releves import read_manifest_releves
     from ecoalign.encoders.dofa import (
-        INT8_SCHEME,
         DOFAFeatures,
         build_dofa,
         resolve_precision,
     )
+    from ecoalign.encoders.int8 import int8_scheme
 
     data_cfg, bb_cfg, tr_cfg = c["data"], c["backbone"], c["trainer"]
     manifest = load_manifest(data_cfg["manifest"])
@@ -153,7 +153,7 @@ def _paired_data(c: dict, report: dict) -> PairedData:
     device = _device(bb_cfg.get("device", "auto"))
     precision = resolve_precision(bb_cfg.get("precision", "auto"), device=device, where="backbone.precision")
     if precision == "int8" and device != "cpu":
-        raise EcoalignInputError(f"backbone.precision=int8 runs on CPU only (torch dynamic quantisation), not {device}",
+        raise EcoalignInputError(f"backbone.precision=int8 runs on CPU only (oneDNN or torch dynamic quantisation), not {device}",
                                  where="backbone.precision", expected="bf16 or fp32 on a GPU, or backbone.device=cpu")
     model, info = build_dofa(bb_cfg.get("size", "base"), bb_cfg.get("weights", "none"))
     if info.random_weights:
@@ -170,8 +170,8 @@ def _paired_data(c: dict, report: dict) -> PairedData:
                  "mean": mean.tolist(), "std": std.tolist()}
     if precision != "fp32":  # fp32 keeps the key caches had before precisions existed; bf16/int8 get their own
         key_parts["precision"] = precision
-    if precision == "int8":  # caches of an earlier int8 scheme are not this one's
-        key_parts["int8_scheme"] = INT8_SCHEME
+    if precision == "int8":  # caches of another int8 scheme (an earlier one, another machine's) are not this one's
+        key_parts["int8_scheme"] = int8_scheme()
     with PatchReader(sources, size_m=data_cfg["patch_size_m"], out_px=info.input_px,
                      max_nodata_fraction=data_cfg["max_nodata_fraction"], mean=mean, std=std) as reader:
         on_device = (lambda x: features(x.to(device)).cpu()) if device != "cpu" else features

@@ -24,7 +24,6 @@ import numpy as np
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import atomic_path
 from ecoalign.encoders.base import WindowEncoder
-from ecoalign.encoders.dofa import INT8_SCHEME
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +168,10 @@ def _prepare(points, rasters: Sequence[str | Path], encoder, *, patch_size_m: fl
     precision = getattr(encoder, "precision", "fp32")
     if precision != "fp32":  # fp32 keeps the key caches had before precisions existed; bf16/int8 get their own
         key["precision"] = precision
-    if precision == "int8":  # caches of an earlier int8 scheme are not this one's
-        key["int8_scheme"] = INT8_SCHEME
+    if precision == "int8":  # caches of another int8 scheme (an earlier one, another machine's) are not this one's
+        from ecoalign.encoders.int8 import int8_scheme
+
+        key["int8_scheme"] = int8_scheme()
     if read_sources is not sources:
         key["mosaic"] = True  # windows across tile edges differ from those of separately read rasters
     with PatchReader(read_sources, size_m=size_m, out_px=encoder.input_px, max_nodata_fraction=max_nodata_fraction,

@@ -27,7 +27,8 @@ def add_encoder_options(p) -> None:
     """--precision, --band-mean, --band-std: how a DOFA encoder computes and its fixed band standardisation."""
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="backbone precision: auto (default: bf16 on CUDA, else fp32), fp32, bf16 (bfloat16 "
-                        "transformer), int8 (CPU dynamic quantisation of the transformer's MLP layers)")
+                        "transformer), int8 (CPU: the transformer's MLP layers as int8 matmuls, the rest bfloat16 "
+                        "where oneDNN runs them)")
     p.add_argument("--band-mean", type=band_values, default=None, metavar="M1,M2,...",
                    help="fixed band means for frozen DOFA, in the raster's units, one per band (with --band-std)")
     p.add_argument("--band-std", type=band_values, default=None, metavar="S1,S2,...",

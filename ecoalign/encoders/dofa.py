@@ -7,9 +7,10 @@ the torch hub cache where torchgeo would download it; nothing is downloaded here
 (.pth/.pt/.safetensors), or ``none`` (random init, seeded, and labelled as such everywhere).
 
 Precision (``PRECISIONS``) is part of the encoder: ``fp32``; ``bf16`` (the transformer blocks in bfloat16,
-weights cast once per encoder and device, float32 outputs); ``int8`` (torch dynamic quantisation, qint8, of the transformer blocks' ``INT8_LAYERS``,
-CPU only, prepared once per encoder; ``INT8_SCHEME``, which says how, is in identities and cache keys). ``auto``
-is bf16 on CUDA and fp32 elsewhere. The wavelength-generated patch embedding runs in float32 at every precision.
+weights cast once per encoder and device, float32 outputs); ``int8`` (CPU only, prepared once per encoder: int8
+matmuls of the MLP linears, see ``ecoalign.encoders.int8``; ``int8_scheme()``, which says how on this machine, is
+in identities and cache keys). ``auto`` is bf16 on CUDA and fp32 elsewhere. The wavelength-generated patch
+embedding runs in float32 at every precision.
 """
 from __future__ import annotations
 
@@ -30,16 +31,6 @@ EMBED_DIMS = {"small": 384, "base": 768, "large": 1024}
 _FRESH_KEYS = {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
 RANDOM_SEED = 0
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
-# The linear layers int8 quantises: the MLP's, two thirds of the blocks' linear work. The attention's stay float32:
-# their inputs vary little between windows around a large common part, and per-tensor activation quantisation
-# loses that variation (a minimum cosine of 0.9995 to fp32 hides it). Measured on DOFA-small (random weights,
-# benchmarks/bench_map.py's raster, 36 windows in batches of 16): the error's norm as a share of the spread between
-# windows, and the bench's species model's probabilities within 0.02 of fp32's: all four linears 15% off;
-# qkv+fc1+fc2 0.044, 99.1% (max 0.022; 96% with the map's batches); fc1+fc2 0.031, 100% (max 0.012); bf16 0.025,
-# 100% (max 0.011). attn.proj alone made most of the error; per-channel weights changed nothing (the error is the
-# activations'), nor did batches of one window (the scale is per tensor).
-INT8_LAYERS = ("mlp.fc1", "mlp.fc2")
-INT8_SCHEME = "dynamic qint8, per-tensor, of " + ", ".join(INT8_LAYERS) + "; the rest float32"
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +189,7 @@ class DOFAFeatures:
     DOFA's dynamic patch embedding runs a small transformer over the wavelengths on every forward; the result
     depends on the wavelengths alone, so it is cached here (always computed in float32). Output equals
     ``model.forward_features`` in fp32; ``precision`` bf16 runs a bfloat16 copy of the transformer blocks, int8
-    a copy with ``INT8_LAYERS`` dynamically quantised, both made on the first call (bf16: per device). The patch
+    an int8 copy (``ecoalign.encoders.int8``), both made on the first call (bf16: per device). The patch
     embedding and the final norm are float32 at every precision. Outputs are float32.
     """
 
@@ -224,22 +215,14 @@ class DOFAFeatures:
                 self._bf16_blocks = (device, blocks.eval())
             return self._bf16_blocks[1]
         if device.type != "cpu":
-            raise EcoalignInputError(f"precision int8 runs on CPU only (torch dynamic quantisation), not on {device}",
+            raise EcoalignInputError(f"precision int8 runs on CPU only (oneDNN or torch dynamic quantisation), "
+                                     f"not on {device}",
                                      where="--precision / precision=", expected="bf16 or fp32 on a GPU")
         if self._int8_blocks is None:
-            import warnings
+            from ecoalign.encoders.int8 import int8_blocks, int8_scheme
 
-            from torch.ao.quantization import quantize_dynamic
-
-            with warnings.catch_warnings():  # torch 2.14 flags torch.ao.quantization (still shipped) as deprecated
-                warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
-                                        category=DeprecationWarning)
-                warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*", category=UserWarning)
-                blocks = torch.nn.ModuleList(self.model.blocks)
-                layers = {f"{i}.{name}" for i, block in enumerate(blocks) for name, mod in block.named_modules()
-                          if isinstance(mod, torch.nn.Linear) and name in INT8_LAYERS}
-                self._int8_blocks = quantize_dynamic(blocks, layers, dtype=torch.qint8, inplace=False).eval()
-            log.debug("DOFA transformer blocks quantised: %s", INT8_SCHEME)
+            self._int8_blocks = int8_blocks(torch.nn.ModuleList(self.model.blocks))
+            log.debug("DOFA transformer blocks quantised: %s", int8_scheme())
         return self._int8_blocks
 
     def _patch_kernel(self, device):
@@ -276,8 +259,7 @@ class DOFAFeatures:
                 x = torch.cat((cls, x), dim=1)
             # this precision's dtype decides, whatever autocast a caller has opened around it
             with torch.autocast(x.device.type, enabled=False):
-                if self.precision == "bf16":
-                    x = x.to(torch.bfloat16)
+                x = x.to(next(blocks.parameters()).dtype)  # bfloat16 for bf16 and, where oneDNN runs it, int8
                 for block in blocks:
                     x = block(x)
                 x = x.float()
@@ -377,7 +359,9 @@ class DOFAEncoder:
                "band_mean": None if self.band_mean is None else [float(v) for v in self.band_mean],
                "band_std": None if self.band_std is None else [float(v) for v in self.band_std]}
         if self.precision == "int8":  # what int8 means is part of what produced the embedding
-            out["int8_scheme"] = INT8_SCHEME
+            from ecoalign.encoders.int8 import int8_scheme
+
+            out["int8_scheme"] = int8_scheme()
         if self.adapter is not None:
             out["adapter_sha256"] = self.metadata.get("adapter_sha256")
             out["run_dir"] = self.metadata.get("run_dir")
