@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import ndimage, special, stats
 
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.sdm.bootstrap import bias_corrected_table, check_bootstrap
@@ -204,11 +204,10 @@ def _kernel_rates(y: np.ndarray, s: np.ndarray, bins: int = 1024) -> tuple[np.nd
     Each class's scores are smoothed with a Gaussian kernel (Silverman's bandwidth) on the logit scale when the
     scores are probabilities, through a histogram of ``bins`` cells (linear in the number of sites). The
     empirical max-TSS of a few dozen presences jumps between the gaps of single records; the smoothed curve's
-    maximum does not, which halves nothing in bias but removes much of that noise. None when either class has
+    maximum does not: much of that noise goes (the bias does not). None when either class has
     no spread to smooth."""
-    z = s.astype(float)
-    if z.min() >= 0.0 and z.max() <= 1.0:
-        z = np.log(np.clip(z, 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(z, 1e-6, 1 - 1e-6))
+    probabilities = s.min() >= 0.0 and s.max() <= 1.0
+    z = special.logit(np.clip(s, 1e-6, 1 - 1e-6)) if probabilities else s.astype(float)
     parts = [z[y], z[~y]]
     widths = []
     for v in parts:
@@ -216,20 +215,17 @@ def _kernel_rates(y: np.ndarray, s: np.ndarray, bins: int = 1024) -> tuple[np.nd
         widths.append(1.06 * sd * len(v) ** -0.2)
     if not all(w > 0 for w in widths):
         return None
-    lo, hi = z.min() - 4 * max(widths), z.max() + 4 * max(widths)
-    edges = np.linspace(lo, hi, bins + 1)
+    edges = np.linspace(z.min() - 4 * max(widths), z.max() + 4 * max(widths), bins + 1)
     step = edges[1] - edges[0]
-    from scipy.ndimage import gaussian_filter1d
-
     cdfs = []
     for v, w in zip(parts, widths):
         hist = np.histogram(v, edges)[0].astype(float)
-        dens = gaussian_filter1d(hist, max(w / step, 0.5), mode="constant", truncate=5.0)
+        dens = ndimage.gaussian_filter1d(hist, max(w / step, 0.5), mode="constant", truncate=5.0)
         cdfs.append(np.cumsum(dens) / max(dens.sum(), 1e-300))  # share of the class below each cell's right edge
     sens, spec = 1.0 - cdfs[0], cdfs[1]
     cand = edges[1:][::-1]  # descending, as _roc_sweep gives them
-    if s.min() >= 0.0 and s.max() <= 1.0:
-        cand = 1.0 / (1.0 + np.exp(-cand))
+    if probabilities:
+        cand = special.expit(cand)
     return cand, np.c_[sens[::-1], spec[::-1]]
 
 
