@@ -290,6 +290,45 @@ def test_thresholds_come_from_out_of_fold_predictions_not_the_training_rows(po_f
         assert res.thresholds[s] < 0.9  # in-sample LightGBM scores put it near 1 (the bug this replaces)
 
 
+def test_target_group_share_thins_the_random_background_and_keeps_it_as_landscape_reference(tmp_path):
+    import geopandas as gpd
+
+    bg, records, _ = landscape(n_bg=6000)
+    pts = gpd.GeoDataFrame(records, geometry=gpd.points_from_xy(records.x, records.y), crs="EPSG:32631")
+    bgp = gpd.GeoDataFrame(bg, geometry=gpd.points_from_xy(bg.x, bg.y), crs="EPSG:32631")
+    raw = yaml.safe_load(po_spec(tmp_path).read_text())
+
+    def sites_with(**target):
+        return build_sites(spec_from_dict({**raw, "target": {**raw["target"], **target}}), points=pts, background=bgp)
+
+    def background_in_use(sites):  # per species: random background points it takes as 0
+        Y = sites.Y.to_numpy()[len(records):]
+        return (Y == 0).sum(axis=0)
+
+    n_rec = len(records)  # 368: half the background would be 368 points, so the 1,000-point floor holds
+    default = sites_with()
+    assert len(default.Y) == n_rec + 6000  # thinned points stay in the table
+    assert (background_in_use(default) == 1000).all()
+    thinned = ~np.isfinite(default.Y.to_numpy()[n_rec:]).any(axis=1)
+    assert thinned.sum() == 5000
+    # the same points for every species, so the ensemble's landscape reference may draw on them
+    ens = SpatialEnsemble(members=["deep_maxent"], member_params={"deep_maxent": {"epochs": 5}}, n_jobs=1)
+    ens.fit(default.X.to_numpy(), default.Y, coords=default.xy)
+    assert (ens.reference_rows_ >= n_rec).all() and thinned[ens.reference_rows_ - n_rec].any()
+    # a smaller share keeps more; null or a random background keeps them all; one species has no target group
+    assert (background_in_use(sites_with(target_group_share=0.1)) == round(n_rec * 9)).all()
+    assert (background_in_use(sites_with(target_group_share=None)) == 6000).all()
+    rand = sites_with(background="random")
+    assert (background_in_use(rand) == 6000).all() and np.isnan(rand.Y.to_numpy()[:n_rec]).any()
+    one = records[records.species == "sp0"]
+    one_pts = gpd.GeoDataFrame(one, geometry=gpd.points_from_xy(one.x, one.y), crs="EPSG:32631")
+    alone = build_sites(spec_from_dict(raw), points=one_pts, background=bgp)
+    assert (alone.Y.to_numpy()[len(one):] == 0).all()
+    for bad in (0, 1, 1.5, "half", True):
+        with pytest.raises(EcoalignInputError, match="target_group_share"):
+            spec_from_dict({**raw, "target": {**raw["target"], "target_group_share": bad}})
+
+
 def test_cv_none_bootstrap_zero_and_no_target_source_with_background(po_files, tmp_path):
     raw = yaml.safe_load(po_spec(tmp_path).read_text())
     raw["cv"] = {"scheme": "none"}

@@ -109,10 +109,14 @@ class DeepMaxent(SpeciesModelMixin, BaseEstimator):
                 skipped[s] = "no background rows"
         keep = [j for j, s in enumerate(species_names) if s not in skipped]
         self._finish_species(species_names, skipped, keep, one_d)
-
+        # standardised over every row given (the landscape, thinned background included), then rows no species
+        # uses are left out of training: they add nothing to the loss but cost
         self.x_mean_ = Xa.mean(axis=0)
         sd = Xa.std(axis=0)
         self.x_scale_ = np.where(sd > 0, sd, 1.0)
+        rows = used[:, keep].any(axis=1)
+        if not rows.all():
+            Xa, used, pres = Xa[rows], used[rows], pres[rows]
         Z = (Xa - self.x_mean_) / self.x_scale_
         W = pres[:, keep] / n_pres[keep][None, :]                      # presence weights: 1/n_s at each record
         mask = used[:, keep]

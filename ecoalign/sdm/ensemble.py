@@ -145,9 +145,10 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         pres = used & (np.nan_to_num(Yk) > 0)
         S = len(keep)
 
-        # reference rows: sites that are background/absence for every species they take part in
+        # reference rows: the landscape, sites that are no species' presence (as sdm.fitting's background rows;
+        # they include background points a species model does not use, e.g. thinned for the target group)
         rng = np.random.default_rng(self.random_state)
-        pure = np.flatnonzero(~pres.any(axis=1) & used.any(axis=1))
+        pure = np.flatnonzero(~pres.any(axis=1))
         ref = pure if len(pure) >= 50 else np.arange(len(Xa))
         self.reference_rows_ = np.sort(rng.choice(ref, min(len(ref), int(self.reference_size)), replace=False))
 
@@ -169,7 +170,8 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
                 quant, at_reference = self._quantiles(model, Xa[self.reference_rows_])
                 self.components_.append((m, model, quant))
                 ref_scores.append(at_reference)
-                oof[m][test] = self._component_scores(model, quant, Xa[test])
+                scored = test[used[test].any(axis=1)]  # rows no species uses (thinned background) need no score
+                oof[m][scored] = self._component_scores(model, quant, Xa[scored])
             log.info("ensemble fold %d/%d fitted (%s)", k + 1, len(splits), ", ".join(members))
         if not self.components_:
             raise EcoalignInputError("no ensemble member could be fitted in any fold", where="Y",

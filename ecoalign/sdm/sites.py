@@ -15,7 +15,7 @@ import pandas as pd
 
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.sdm.categorical import level_names
-from ecoalign.sdm.spec import ModelSpec
+from ecoalign.sdm.spec import DEFAULT_TARGET_GROUP_SHARE, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,13 @@ def presence_background_points(records, background, spec: ModelSpec):
     correction of Phillips et al. 2009), except where they share the species' own record location; with
     ``random`` they are NaN (not used for that species). Records outside the background's extent are dropped
     and counted. Both tables carry the same covariate columns (or get raster values later).
+
+    With ``target_group``, ``target.target_group_share`` (default 0.5) is the share of each species' background
+    made of the other records: the random background is thinned to about ``n_records * (1 - share) / share``
+    points (never below ``MIN_LANDSCAPE_POINTS`` nor above what was given; seeded) and the rest are NaN for
+    every species. Left whole, 10,000 random points outweigh a few thousand records, so the model learns the
+    observers' bias as habitat; a pure target group would leave unsampled environments unconstrained on maps.
+    The thinned points stay in the table as landscape reference (Boyce, the ensemble's common scale).
     Returns (sites GeoDataFrame, targets DataFrame, dropped {reason: ids}).
     """
     import geopandas as gpd
@@ -214,7 +221,30 @@ def presence_background_points(records, background, spec: ModelSpec):
         col[len(rec):] = 0.0
         col[np.flatnonzero(outside)] = np.nan
         targets[str(name)] = col
+    thinned = _thinned_background(spec, len(targets), int((~outside).sum()), len(background)) if target_group \
+        else np.array([], dtype=int)
+    for col in targets.values():
+        col[len(rec) + thinned] = np.nan
     return sites, pd.DataFrame(targets, index=pd.Index(ids)), dropped
+
+
+# the smallest random background kept as the landscape sample when thinning it for the target group
+MIN_LANDSCAPE_POINTS = 1000
+
+
+def _thinned_background(spec: ModelSpec, n_species: int, n_records: int, n_background: int) -> np.ndarray:
+    """Positions (within the background table) of the random points set aside so that the other species'
+    records make up ``target.target_group_share`` of each species' background (none for a single species)."""
+    share = spec.target.get("target_group_share", DEFAULT_TARGET_GROUP_SHARE)
+    if share is None or n_species < 2:
+        return np.array([], dtype=int)
+    keep = min(n_background, max(MIN_LANDSCAPE_POINTS, round(n_records * (1 - share) / share)))
+    if keep >= n_background:
+        return np.array([], dtype=int)
+    log.info("target-group background: %d of the %d random background points kept beside %d records "
+             "(target.target_group_share %.2f); the rest serve as landscape reference only",
+             keep, n_background, n_records, share)
+    return np.sort(np.random.default_rng(0).permutation(n_background)[keep:])
 
 
 def _all_covariates(table: pd.DataFrame, spec: ModelSpec, id_col: str, presence_rows: int | None) -> list[str]:

@@ -13,6 +13,9 @@ from ecoalign.core.paths import resolve_species_model
 TASKS = {"presence_absence", "presence_only", "abundance"}
 CV_SCHEMES = ("spatial_block", "random", "none")
 BACKGROUNDS = ("target_group", "random")  # presence-only: other species' records as background too, or not
+# target_group: the share of each species' background made of the other species' records (the landscape sample is
+# thinned to fit; see sdm.sites.presence_background_points)
+DEFAULT_TARGET_GROUP_SHARE = 0.5
 PRESENCE_METRICS = {"auc", "tss", "f1", "sensitivity", "specificity", "boyce"}
 ABUNDANCE_METRICS = {"mae", "rmse", "spearman"}
 
@@ -65,6 +68,11 @@ def spec_from_dict(raw: dict[str, Any], path: Path | str = "<spec>") -> ModelSpe
     if target.get("background", "target_group") not in BACKGROUNDS:
         raise EcoalignInputError(f"target.background is {target['background']!r}", path=path, where="target.background",
                                  expected=" or ".join(map(repr, BACKGROUNDS)))
+    share = target.get("target_group_share", DEFAULT_TARGET_GROUP_SHARE)
+    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1):
+        raise EcoalignInputError(f"target.target_group_share is {share!r}", path=path,
+                                 where="target.target_group_share",
+                                 expected="a number between 0 and 1 (exclusive), or null to keep every background point")
     features = {"embeddings": True, "covariates": [], "rasters": [], "categorical": [], **(raw.get("features") or {})}
     cov = features["covariates"]
     if not (cov == "all" or isinstance(cov, list)):
