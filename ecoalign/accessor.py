@@ -146,7 +146,8 @@ class EcoalignDataArray:
     def zero_shot(self, encoder, *, species: Sequence[str] = (), releve: Sequence[str] | str = (),
                   raw_similarity: bool = False, stride_m: float | None = None, batch_size: int = 32,
                   scheduler: str | None = None, workers: int | None = None, progress: bool = True,
-                  tmp_dir: str | Path | None = None, organism_encoder: str | None = None) -> xr.DataArray:
+                  tmp_dir: str | Path | None = None, organism_encoder: str | None = None,
+                  relatives_weight: float | None = None) -> xr.DataArray:
         """Zero-shot suitability of named species / relevés over the array (``ecoalign map`` without ``--model``):
         a DataArray (target, y, x), one target per ``releve`` string and per ``species`` name, NaN for nodata.
         ``encoder``: an ``adapt --releve-encoder organism_text`` run directory."""
@@ -156,7 +157,8 @@ class EcoalignDataArray:
         da = self._checked(enc)
         with self._geotiff(da, tmp_dir) as tif:
             plan, model, enc = zero_shot_plan(enc, tif, releve=releve, species=species, raw=raw_similarity,
-                                              organism=organism_encoder, stride_m=stride_m)
+                                              organism=organism_encoder, relatives_weight=relatives_weight,
+                                              stride_m=stride_m)
             return _plan_to_array(plan, enc, model, {"zero_shot_run": str(enc.metadata.get("run_dir"))},
                                   batch_size=batch_size, scheduler=scheduler, workers=workers, progress=progress)
 

@@ -270,3 +270,47 @@ def test_species_query_loss_is_a_presence_loss_that_trains_one_species_queries(t
     plain = train_alignment("plain", data, folder=tmp_path / "plain", model_kwargs=model_kwargs, **kw)["model"]
     query = train_alignment("query", data, folder=tmp_path / "query", model_kwargs=weighted, **kw)["model"]
     assert _query_auc(query, data) > _query_auc(plain, data) + 0.05 and _query_auc(query, data) > 0.95
+
+
+def test_species_query_loss_scores_a_random_subset_of_a_long_checklist():
+    """Above ``max_species`` a training step scores a random subset (scaled to the full sum, drawn from torch's
+    global generator, which adapt checkpoints); evaluation scores every species, in chunks, exactly."""
+    from ecoalign.aerial.losses import SpeciesQueryLoss
+    from ecoalign.encoders.releve import SetReleveEncoder
+
+    torch.manual_seed(0)
+    encoder = SetReleveEncoder(10, 16, hidden=16, heads=2, dropout=0.0)
+    img = torch.randn(12, 16)
+    cover = (torch.rand(12, 10) < 0.4) * 30.0
+    full, capped = SpeciesQueryLoss(SPECIES_COVER), SpeciesQueryLoss(SPECIES_COVER, max_species=3)
+    with torch.no_grad():
+        torch.testing.assert_close(capped(img, encoder, cover), full(img, encoder, cover))
+    torch.manual_seed(7)
+    drawn = capped(img, encoder, cover)
+    torch.manual_seed(7)
+    chosen = torch.randperm(10)[:3]
+    torch.testing.assert_close(drawn, capped._loss(img, encoder, cover, chosen) * 10 / 3)
+    assert drawn.requires_grad and not torch.allclose(drawn, full(img, encoder, cover))
+    with pytest.raises(EcoalignInputError, match="species_query_max_species"):
+        SpeciesQueryLoss(SPECIES_COVER, max_species=0)
+
+
+def test_unseen_names_are_pulled_toward_their_closest_seen_relatives(zs):
+    """Relatives: the seen species of the name's genus, else family, else order; the text of an unseen name moves
+    toward their mean (as trained) by the relatives weight; seen species and names without relatives do not."""
+    run0, run1 = ZeroShotRun(zs["run"], relatives_weight=0.0), ZeroShotRun(zs["run"], relatives_weight=1.0)
+    rank, oaks = run1.relatives("Quercus pubescens")
+    assert rank == "genus" and set(oaks) == {s for s in run1.species if s.startswith("Quercus ")} and oaks
+    assert run1.relatives("Quercus ilex") == (None, [])  # a training species is itself
+    assert run1.relatives("Pistacia lentiscus") == (None, [])  # Anacardiaceae, Sapindales: nothing seen
+    rank, fagaceae = ZeroShotRun(zs["run"], relative_ranks=("family",)).relatives("Quercus pubescens")
+    assert rank == "family" and set(oaks) < set(fagaceae) and "Fagus sylvatica" in fagaceae
+    trained = run1.releve_encoder.species_text.numpy()
+    pulled, own = run1.text_embeddings(["Quercus pubescens", "Quercus ilex"]), run0.text_embeddings(
+        ["Quercus pubescens", "Quercus ilex"])
+    np.testing.assert_allclose(pulled[0], trained[[run1.species.index(s) for s in oaks]].mean(0), atol=1e-6)
+    np.testing.assert_allclose(pulled[1], own[1], atol=1e-6)
+    half = ZeroShotRun(zs["run"], relatives_weight=0.5).text_embeddings(["Quercus pubescens"])[0]
+    np.testing.assert_allclose(half, (own[0] + pulled[0]) / 2, atol=1e-6)
+    with pytest.raises(EcoalignInputError, match="relatives weight 1.5"):
+        ZeroShotRun(zs["run"], relatives_weight=1.5)

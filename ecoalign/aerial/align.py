@@ -60,7 +60,8 @@ class AlignmentModel(nn.Module):
         if self.query_weight > 0:
             from ecoalign.aerial.zero_shot import SPECIES_COVER
 
-            self.species_query = SpeciesQueryLoss(SPECIES_COVER)
+            self.species_query = SpeciesQueryLoss(SPECIES_COVER,
+                                                  max_species=int(releve_encoder.get("species_query_max_species") or 256))
 
     def encode_image(self, frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         adapted = self.adapter(frozen)

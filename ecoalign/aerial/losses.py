@@ -47,20 +47,43 @@ class SpeciesQueryLoss(nn.Module):
     plots of a *seen* species at AUC ~0.68). Training that query to score presence, through the text projection of
     the species tokens, is what an unseen species' query then inherits.
 
-    Cost: one relevé per training species in every batch, i.e. S x S species tokens with the set encoder: fine for
-    the hundreds of species of the demo world, too much memory for thousands (not yet sampled or chunked)."""
+    Cost: one one-species relevé per species, i.e. S x S species tokens with the set encoder. With more than
+    ``max_species`` species, a training step scores a random subset of that many (drawn from torch's global
+    generator, which adapt checkpoints, so resume stays exact) and scales the sum by S / subset, an unbiased
+    estimate of the full loss; evaluation scores every species in chunks of ``max_species`` without gradients.
+    """
 
-    def __init__(self, cover: float, init_temperature: float = 10.0, init_bias: float = -5.0):
+    def __init__(self, cover: float, init_temperature: float = 10.0, init_bias: float = -5.0,
+                 max_species: int = 256):
         super().__init__()
+        if max_species < 1:
+            from ecoalign.core.errors import EcoalignInputError
+
+            raise EcoalignInputError(f"max_species={max_species}", where="releve_encoder.species_query_max_species",
+                                     expected="a positive number of species scored per step")
         self.cover = float(cover)
+        self.max_species = int(max_species)
         self.log_t = nn.Parameter(torch.tensor(math.log(init_temperature)))
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
     def forward(self, img: torch.Tensor, releve_encoder: nn.Module, cover: torch.Tensor) -> torch.Tensor:
         n = cover.shape[1]
-        queries = releve_encoder(torch.eye(n, device=img.device) * self.cover)  # (S, D): one relevé per species
+        if n <= self.max_species:
+            return self._loss(img, releve_encoder, cover, torch.arange(n, device=img.device))
+        if torch.is_grad_enabled():
+            chosen = torch.randperm(n)[: self.max_species].to(img.device)
+            return self._loss(img, releve_encoder, cover, chosen) * (n / self.max_species)
+        return sum(self._loss(img, releve_encoder, cover, torch.arange(i, min(i + self.max_species, n),
+                                                                       device=img.device))
+                   for i in range(0, n, self.max_species))
+
+    def _loss(self, img, releve_encoder, cover, species: torch.Tensor) -> torch.Tensor:
+        """Summed loss over ``species`` (indices), averaged over plots: only those species' relevés are encoded."""
+        from ecoalign.encoders.releve import one_species_covers
+
+        queries = releve_encoder(one_species_covers(species, cover.shape[1], self.cover))  # (k, D)
         logits = F.normalize(img, dim=-1) @ F.normalize(queries, dim=-1).T * self.log_t.exp() + self.bias
-        return F.binary_cross_entropy_with_logits(logits, (cover > 0).float(), reduction="sum") / len(img)
+        return F.binary_cross_entropy_with_logits(logits, (cover[:, species] > 0).float(), reduction="sum") / len(img)
 
 
 # `name` -> class, for configs that name a loss instead of giving its `_target_`

@@ -13,6 +13,13 @@ exactly; ``encoders.species_text``) and ``species_query_weight`` (adapt also tra
 presence query of the training species, ``aerial.losses.SpeciesQueryLoss``; without it the query is out of the
 relevé encoder's training distribution). A species whose genus no training species shares gets no such help.
 
+At query time a name absent from the training species is also pulled toward its closest seen relatives
+(``relatives``: the training species of its genus, else of its family, else of its order): its text embedding
+becomes ``(1 - w) * own + w * mean(relatives')`` with ``w = RELATIVES_WEIGHT`` (chosen on the dev holdout). Why: the
+text encoder places a new epithet arbitrarily (a random-weight one does), while phylogenetic niche conservatism
+says relatives are the best prior of where a species grows; with several seen congeners their mean is a better
+prior than any one of them.
+
 Files an organism-text run holds for this (``<run>/encoder/``): ``zero_shot.json`` (calibration, the organism
 encoder's identity and hash, the held-out species, the cover a one-species relevé gets), ``taxonomy.csv`` (the
 checklist names are placed with) and ``plots.npz`` (plot ids, split, centres and adapted embeddings, for
@@ -33,6 +40,8 @@ from ecoalign.core.errors import EcoalignInputError
 
 log = logging.getLogger(__name__)
 
+RELATIVE_RANKS = ("genus", "family", "order")  # ranks searched, closest first, for an unseen name's seen relatives
+RELATIVES_WEIGHT = 0.0  # weight of the relatives' mean text in an unseen name's text (chosen on the dev holdout)
 SPECIES_COVER = 25.0  # % cover of the one-species relevé a bare species name stands for (and calibration uses)
 ZERO_SHOT_FILE, TAXONOMY_FILE, PLOTS_FILE = "zero_shot.json", "taxonomy.csv", "plots.npz"
 NEEDED = "a run trained with `ecoalign adapt --releve-encoder organism_text`"
@@ -132,8 +141,18 @@ class ZeroShotModel:
 class ZeroShotRun:
     """The aligned encoders of an organism-text adapt run, ready to embed relevés of any named species."""
 
-    def __init__(self, run_dir, *, organism_encoder: str | None = None):
+    def __init__(self, run_dir, *, organism_encoder: str | None = None, relatives_weight: float | None = None,
+                 relative_ranks: Sequence[str] = RELATIVE_RANKS):
         import pandas as pd
+
+        self.relatives_weight = RELATIVES_WEIGHT if relatives_weight is None else float(relatives_weight)
+        if not 0.0 <= self.relatives_weight <= 1.0:
+            raise EcoalignInputError(f"relatives weight {self.relatives_weight:g}", where="--relatives-weight",
+                                     expected="a number in [0, 1] (0: the name's own text only)")
+        bad = [r for r in relative_ranks if r not in RELATIVE_RANKS]
+        if bad:
+            raise EcoalignInputError(f"relative ranks {bad}", expected=f"some of {list(RELATIVE_RANKS)}")
+        self.relative_ranks = tuple(relative_ranks)
 
         self.run_dir = Path(run_dir)
         meta_path = self.run_dir / "encoder" / "encoder.json"
@@ -218,13 +237,42 @@ class ZeroShotRun:
             path=self.run_dir / "encoder" / TAXONOMY_FILE,
             expected=f"a species of a genus the checklist holds ({', '.join(genera[:12])}, ... {len(genera)} genera)")
 
+    def relatives(self, name: str) -> tuple[str | None, list[str]]:
+        """(rank, training species) closest to ``name`` in the run's checklist: those of its genus, else of its
+        family, else of its order (``relative_ranks``); (None, []) for a training species or a name with none."""
+        if name in self.species:
+            return None, []
+        taxon = self.taxon(name)
+        table = self.taxonomy.assign(species=self.taxonomy["species"].astype(str)).drop_duplicates("species")
+        table = table.set_index("species")
+        table = table.loc[[s for s in self.species if s in table.index]]
+        for rank in self.relative_ranks:
+            value = taxon.name_at(rank) if taxon is not None else (name.split()[0] if rank == "genus" else None)
+            if value and rank in table:
+                mates = table.index[table[rank].astype(str) == value].tolist()
+                if mates:
+                    return rank, mates
+        return None, []
+
     def text_embeddings(self, names: Sequence[str]) -> np.ndarray:
+        """Text embeddings of ``names`` as the relevé encoder takes them; an unseen name's is pulled toward its
+        seen relatives' (``relatives_weight``), whose embeddings are the run's own (as trained)."""
         from ecoalign.encoders.species_text import species_text_embeddings
 
         taxa = [self.taxon(n) for n in names]
         cfg = self.meta["releve_encoder"]
-        return species_text_embeddings(self.organism, list(names), taxa, cfg.get("text_type", "taxonomic"),
+        text = species_text_embeddings(self.organism, list(names), taxa, cfg.get("text_type", "taxonomic"),
                                        ranks=tuple(cfg.get("text_ranks") or ("species",)))
+        if self.relatives_weight > 0:
+            trained = self.releve_encoder.species_text.numpy()
+            for i, name in enumerate(names):
+                rank, mates = self.relatives(name)
+                if mates:
+                    prior = trained[[self.species.index(m) for m in mates]].mean(axis=0)
+                    text[i] = (1.0 - self.relatives_weight) * text[i] + self.relatives_weight * prior
+                    log.info("%s: text pulled toward its seen relatives (%s: %s) with weight %.2f", name, rank,
+                             ", ".join(mates[:5]) + (" ..." if len(mates) > 5 else ""), self.relatives_weight)
+        return text
 
     def releve_embeddings(self, comps: Sequence[tuple[str, list]]) -> np.ndarray:
         """(len(comps), D) L2-normalised relevé embeddings of named compositions."""
@@ -267,15 +315,14 @@ def write_zero_shot_files(run_dir: Path, model, data, species: list[str], plot_i
     from sklearn.linear_model import LogisticRegression
 
     from ecoalign.core.io import atomic_path, write_json
+    from ecoalign.encoders.releve import one_species_covers
 
     enc = run_dir / "encoder"
     model.eval()
     with torch.no_grad():
         adapted, img = model.encode_image(data.frozen[:, 0])
-        n_sp = data.cover.shape[1]
-        single = torch.zeros(n_sp, n_sp)
-        single.fill_diagonal_(SPECIES_COVER)
-        rel = model.releve_encoder(single)
+        rel = torch.cat([model.releve_encoder(one_species_covers(chunk, data.cover.shape[1], SPECIES_COVER))
+                         for chunk in torch.arange(data.cover.shape[1]).split(256)])  # chunks: S tokens a relevé
     img = torch.nn.functional.normalize(img.double(), dim=1)
     rel = torch.nn.functional.normalize(rel.double(), dim=1)
     train = data.split == "train"
@@ -299,3 +346,4 @@ def write_zero_shot_files(run_dir: Path, model, data, species: list[str], plot_i
     log.info("zero-shot calibration on %d plot x species pairs: suitability = expit(%.2f * similarity %+.2f)",
              len(sims), calibration["slope"], calibration["intercept"])
     return info
+

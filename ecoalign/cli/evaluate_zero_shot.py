@@ -20,6 +20,9 @@ def register(sub) -> dict:
                    help="species model of the ceiling and congener references (default logistic)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--relatives-weight", type=float, default=None, metavar="W",
+                   help="pull each held-out name toward its closest seen relatives' text with this weight in [0, 1] "
+                        "(default: the chosen default, as maps use)")
     p.add_argument("--organism-encoder", default=None,
                    help="where the run's organism text encoder now lies (checked to be the same model)")
     return {"evaluate-zero-shot": run}
@@ -33,7 +36,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path(args.run) / "zero_shot_eval"
     result = evaluate_zero_shot(args.run, species=args.species, out=out, manifest=args.manifest, plots=args.plots,
                                 estimator=args.estimator, n_boot=args.n_boot, seed=args.seed,
-                                organism_encoder=args.organism_encoder)
+                                organism_encoder=args.organism_encoder, relatives_weight=args.relatives_weight)
     cols = [c for c in ("species", "method", "presences", "auc", "boyce") if c in result]
     print(result[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"report: {out / 'report.md'}")

@@ -22,6 +22,9 @@ def register(sub) -> dict:
                         "through their genus in the run's checklist")
     p.add_argument("--raw-similarity", action="store_true",
                    help="zero-shot: write the cosine similarity instead of the calibrated suitability")
+    p.add_argument("--relatives-weight", type=float, default=None, metavar="W",
+                   help="zero-shot: pull a name unseen in training toward its closest seen relatives' text (genus, "
+                        "else family, else order) with this weight in [0, 1] (default: the chosen default)")
     p.add_argument("--organism-encoder", default=None,
                    help="zero-shot: where the run's organism text encoder now lies (checked to be the same model)")
     p.add_argument("--raster", required=True, nargs="+", metavar="RASTER",
@@ -78,5 +81,6 @@ def map_verb(args) -> int:
                weights=args.weights, species=args.species, threshold_rule=args.threshold_rule,
                presence=not args.no_presence, uncertainty=not args.no_uncertainty, precision=args.precision,
                band_mean=args.band_mean, band_std=args.band_std, trusted=args.trust, releve=args.releve,
-               raw_similarity=args.raw_similarity, organism_encoder=args.organism_encoder)
+               raw_similarity=args.raw_similarity, organism_encoder=args.organism_encoder,
+               relatives_weight=args.relatives_weight)
     return 0

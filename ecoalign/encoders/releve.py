@@ -10,6 +10,14 @@ def cover_features(cover_percent: torch.Tensor) -> torch.Tensor:
     return torch.log1p(cover_percent.clamp_min(0)) / torch.log1p(torch.tensor(100.0))
 
 
+def one_species_covers(species: torch.Tensor, n_species: int, cover: float) -> torch.Tensor:
+    """(len(species), n_species) percent covers: one relevé per listed species (indices) at ``cover``, the query a
+    zero-shot map makes of a bare species name."""
+    single = torch.zeros(len(species), n_species, device=species.device)
+    single[torch.arange(len(species), device=species.device), species] = float(cover)
+    return single
+
+
 class MLPReleveEncoder(nn.Module):
     """An MLP over the whole species-cover vector (BotaCLIP's relevé encoder)."""
 
@@ -108,7 +116,7 @@ def build_releve_encoder(cfg: dict, n_species: int, out_dim: int) -> nn.Module:
     from ecoalign.core.errors import EcoalignInputError
 
     params = {k: v for k, v in cfg.items() if k not in ("_target_", "kind", "species_text", "train_subsample",
-                                                          "species_query_weight")}
+                                                          "species_query_weight", "species_query_max_species")}
     target = cfg.get("_target_") or RELEVE_ENCODERS.get(cfg.get("kind"))
     if target is None:
         raise EcoalignInputError(f"unknown relevé encoder '{cfg.get('kind')}'", where="releve_encoder",

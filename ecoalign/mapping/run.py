@@ -104,7 +104,8 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
                device=None, species: Sequence[str] | None = None, threshold_rule: str | float | None = None,
                presence: bool = True, uncertainty: bool = True, precision: str | None = None, band_mean=None,
                band_std=None, trusted: Sequence[str] = (), releve: Sequence[str] | str | None = None,
-               raw_similarity: bool = False, organism_encoder: str | None = None) -> Path:
+               raw_similarity: bool = False, organism_encoder: str | None = None,
+               relatives_weight: float | None = None) -> Path:
     """Map a species-model bundle over a raster into a COG; resumes a killed run. Returns the COG's path.
 
     Outputs (see ``ecoalign.mapping.writer``): ``out`` (float32: one band per species, then for ensembles one
@@ -130,7 +131,9 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
     ``releve`` string (``"Quercus ilex=60,Pistacia lentiscus=20"``) and per ``species`` name (a one-species
     relevé), each the calibrated suitability of every window for that composition (``raw_similarity``: the cosine
     similarity instead), see ``ecoalign.aerial.zero_shot``; ``organism_encoder`` replaces the run's organism text
-    encoder path (it must be the same model). Presence maps only with a numeric ``threshold_rule``.
+    encoder path (it must be the same model); ``relatives_weight`` how far an unseen name's text is pulled toward its
+    seen relatives' (default ``aerial.zero_shot.RELATIVES_WEIGHT``). Presence maps only with a numeric
+    ``threshold_rule``.
     """
     from ecoalign.sdm.fitting import load_bundle, read_bundle_meta
     from ecoalign.sdm.outputs import select_species
@@ -143,12 +146,13 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
     if model is None:
         plan, fitted, encoder = zero_shot_plan(
             encoder, raster, out, releve=releve, species=species, raw=raw_similarity, organism=organism_encoder,
-            threshold_rule=threshold_rule if presence else None, stride_m=stride_m, block_px=block_px,
+            relatives_weight=relatives_weight, threshold_rule=threshold_rule if presence else None, stride_m=stride_m, block_px=block_px,
             max_nodata_fraction=max_nodata_fraction, precision=precision)
         return _write_map(plan, fitted, encoder, out, overwrite=overwrite, scheduler=scheduler, workers=workers,
                           batch_size=batch_size, device=device, quicklook=quicklook, progress=progress)
-    if releve or raw_similarity or organism_encoder:
-        raise EcoalignInputError("--releve, --raw-similarity and --organism-encoder make zero-shot maps, which take "
+    if releve or raw_similarity or organism_encoder or relatives_weight is not None:
+        raise EcoalignInputError("--releve, --raw-similarity, --organism-encoder and --relatives-weight make zero-shot "
+                                 "maps, which take "
                                  "no species model", where="--model", expected="either --model BUNDLE or --releve/--species "
                                  "with an organism-text adapt run as --encoder")
     meta = read_bundle_meta(model)
@@ -172,7 +176,7 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
 
 
 def zero_shot_plan(encoder, raster, out: Path | None = None, *, releve=None, species=None, raw: bool = False,
-                   organism=None, threshold_rule=None, stride_m=None, block_px=None, max_nodata_fraction: float = 0.5,
+                   organism=None, relatives_weight=None, threshold_rule=None, stride_m=None, block_px=None, max_nodata_fraction: float = 0.5,
                    precision=None):
     """The plan of a zero-shot map: the run's window grid, its adapted encoder, and a ``ZeroShotModel`` (carried in
     ``plan.extra["zero_shot"]``, so workers and the resume fingerprint see it) in place of a bundle."""
@@ -184,7 +188,7 @@ def zero_shot_plan(encoder, raster, out: Path | None = None, *, releve=None, spe
     if run_dir is None or getattr(encoder, "adapter", True) is None:
         raise EcoalignInputError(f"a zero-shot map needs the aligned encoders of an adapt run, not {encoder!r}",
                                  where="--encoder", expected=NEEDED)
-    run = ZeroShotRun(run_dir, organism_encoder=organism)
+    run = ZeroShotRun(run_dir, organism_encoder=organism, relatives_weight=relatives_weight)
     comps = compositions([releve] if isinstance(releve, str) else list(releve or ()),
                          [species] if isinstance(species, str) else list(species or ()))
     model = run.model(comps, raw=raw)
@@ -204,7 +208,8 @@ def zero_shot_plan(encoder, raster, out: Path | None = None, *, releve=None, spe
     info = {"run": str(Path(run_dir).resolve()), "compositions": [{"band": label, "releve": items}
                                                                  for label, items in comps],
             "calibration": None if raw else run.info["calibration"], "raw_similarity": bool(raw),
-            "holdout_species": run.info.get("holdout_species", [])}
+            "holdout_species": run.info.get("holdout_species", []), "relatives_weight": run.relatives_weight,
+            "relatives": {n: run.relatives(n) for _, items in comps for n, _ in items if run.relatives(n)[1]}}
     plan = dataclasses.replace(
         plan, targets=list(model.species_), task="similarity" if raw else "suitability",
         features=[f"{EMBED_PREFIX}{j:03d}" for j in range(encoder.embed_dim)],

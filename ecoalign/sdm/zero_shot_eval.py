@@ -37,11 +37,12 @@ MIN_PRESENCES = 3  # on the scored plots, for a species to get metrics
 
 def evaluate_zero_shot(run, *, species=None, out=None, manifest=None, plots: str = "test",
                        estimator: str = "logistic", n_boot: int = 200, seed: int = 0,
-                       organism_encoder: str | None = None) -> pd.DataFrame:
+                       organism_encoder: str | None = None, relatives_weight: float | None = None) -> pd.DataFrame:
     """Per held-out species and method (``METHODS``): AUC and Boyce with 95% bootstrap intervals; ``out`` (a folder)
     gets ``zero_shot_eval.csv``, ``report.md`` and ``auc.png``. ``species``: a file as for ``adapt
     --holdout-species`` or a list (default: the run's held-out species); ``manifest``: where the relevés are
-    (default: the run's manifest)."""
+    (default: the run's manifest); ``relatives_weight``: as for ``ZeroShotRun`` (default
+    ``aerial.zero_shot.RELATIVES_WEIGHT``). Each row names the seen relatives the species' query was pulled toward."""
     import json
 
     from ecoalign.aerial.zero_shot import SPECIES_COVER, ZeroShotRun
@@ -50,7 +51,7 @@ def evaluate_zero_shot(run, *, species=None, out=None, manifest=None, plots: str
 
     if plots not in ("test", "all"):
         raise EcoalignInputError(f"plots={plots!r}", expected="'test' (the run's held-out spatial blocks) or 'all'")
-    zs = ZeroShotRun(run, organism_encoder=organism_encoder)
+    zs = ZeroShotRun(run, organism_encoder=organism_encoder, relatives_weight=relatives_weight)
     report = json.loads((Path(run) / "report.json").read_text())
     table = read_manifest_releves(load_manifest(manifest or report["data"]["manifest"]))
     if species is None:
@@ -77,6 +78,7 @@ def evaluate_zero_shot(run, *, species=None, out=None, manifest=None, plots: str
     scored = split == "test" if plots == "test" else np.ones(len(ids), bool)
     block = float(report.get("split", {}).get("block_size_m", 500.0))
     zero = zs.model([(n, [(n, SPECIES_COVER)]) for n in names]).predict_proba(X)
+    relatives = [_relatives_label(*zs.relatives(n)) if zs.relatives_weight > 0 else "-" for n in names]
     rng = np.random.default_rng(seed)
     train_rows = split == "train"
     rows = []
@@ -91,6 +93,7 @@ def evaluate_zero_shot(run, *, species=None, out=None, manifest=None, plots: str
                   "random": rng.random(len(y))}
         for method in METHODS:
             row = {"species": name, "method": method, "congener": congener, "genus_seen": bool(mates),
+                   "relatives": relatives[k],
                    "plots": int(scored.sum()), "presences": int(y[scored].sum())}
             s = scores[method]
             if s is not None and row["presences"] >= MIN_PRESENCES and row["presences"] < row["plots"]:
@@ -100,6 +103,13 @@ def evaluate_zero_shot(run, *, species=None, out=None, manifest=None, plots: str
     if out is not None:
         _write(Path(out), result, means(result, n_boot, seed), zs, plots, estimator)
     return result
+
+
+def _relatives_label(rank: str | None, mates: list[str]) -> str:
+    """'family: Betula pendula' (the seen relatives an unseen name's query was pulled toward), '-' for none."""
+    if not mates:
+        return "-"
+    return f"{rank}: " + ", ".join(mates[:4]) + (f" (+{len(mates) - 4})" if len(mates) > 4 else "")
 
 
 def _oof(X: np.ndarray, y: np.ndarray, xy: np.ndarray, estimator: str, block: float, seed: int) -> np.ndarray:
@@ -170,7 +180,9 @@ def _write(out: Path, result: pd.DataFrame, summary: pd.DataFrame, zs, plots: st
              (f"Scored on {where}; references fitted out-of-fold over spatial blocks ({estimator}) on the same "
               "adapted embeddings. AUC and continuous Boyce index with 95% bootstrap intervals (over plots per "
               "species, over species for the means). congener: the model of the seen species of the same genus "
-              "with the most presences at the training plots, scored against the held-out species' presences."),
+              "with the most presences at the training plots, scored against the held-out species' presences. "
+              f"zero_shot: each name's text pulled toward its closest seen relatives with weight "
+              f"{zs.relatives_weight:g}."),
              "", "## Means", "", "| group | method | metric | mean [95% CI] | species |",
              "|---|---|---|---|---|"]
     for r in summary.to_dict("records"):
@@ -180,11 +192,11 @@ def _write(out: Path, result: pd.DataFrame, summary: pd.DataFrame, zs, plots: st
         g = result[result["genus_seen"] == seen]
         if g.empty:
             continue
-        lines += ["", f"## {title}", "", "| species | congener | presences / plots | method | AUC | Boyce |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", f"## {title}", "", "| species | congener | query pulled toward | presences / plots | method "
+                  "| AUC | Boyce |", "|---|---|---|---|---|---|---|"]
         for r in g.to_dict("records"):
-            lines.append(f"| {r['species']} | {r['congener'] or '-'} | {r['presences']} / {r['plots']} | "
-                         f"{r['method']} | {_cell(r, 'auc')} | {_cell(r, 'boyce')} |")
+            lines.append(f"| {r['species']} | {r['congener'] or '-'} | {r['relatives']} | {r['presences']} / "
+                         f"{r['plots']} | {r['method']} | {_cell(r, 'auc')} | {_cell(r, 'boyce')} |")
     lines += ["", f"Species with fewer than {MIN_PRESENCES} presences on the scored plots get no metrics ('-').", ""]
     write_text(out / "report.md", "\n".join(lines))
     _chart(result, out / "auc.png")
