@@ -18,7 +18,10 @@ At query time a name absent from the training species is also pulled toward its 
 becomes ``(1 - w) * own + w * mean(relatives')`` with ``w = RELATIVES_WEIGHT`` (chosen on the dev holdout). Why: the
 text encoder places a new epithet arbitrarily (a random-weight one does), while phylogenetic niche conservatism
 says relatives are the best prior of where a species grows; with several seen congeners their mean is a better
-prior than any one of them.
+prior than any one of them. On the dev holdout (one run, random-weight encoders) genus-seen species went from AUC
+0.86 (w = 0) to 0.88 / 0.89 / 0.90 / 0.90 (w = 0.25 / 0.5 / 0.75 / 1), above their nearest congener's model (0.89),
+and genus-unseen ones from 0.28 to 0.47 through family/order relatives. 0.75 rather than 1 keeps part of the name's
+own text, which a pretrained text encoder makes informative (untested here: no pretrained weights).
 
 Files an organism-text run holds for this (``<run>/encoder/``): ``zero_shot.json`` (calibration, the organism
 encoder's identity and hash, the held-out species, the cover a one-species relevé gets), ``taxonomy.csv`` (the
@@ -41,7 +44,7 @@ from ecoalign.core.errors import EcoalignInputError
 log = logging.getLogger(__name__)
 
 RELATIVE_RANKS = ("genus", "family", "order")  # ranks searched, closest first, for an unseen name's seen relatives
-RELATIVES_WEIGHT = 0.0  # weight of the relatives' mean text in an unseen name's text (chosen on the dev holdout)
+RELATIVES_WEIGHT = 0.75  # weight of the relatives' mean text in an unseen name's text (dev holdout: see above)
 SPECIES_COVER = 25.0  # % cover of the one-species relevé a bare species name stands for (and calibration uses)
 ZERO_SHOT_FILE, TAXONOMY_FILE, PLOTS_FILE = "zero_shot.json", "taxonomy.csv", "plots.npz"
 NEEDED = "a run trained with `ecoalign adapt --releve-encoder organism_text`"
