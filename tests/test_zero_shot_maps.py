@@ -192,6 +192,7 @@ def test_evaluate_zero_shot_report(zs, tmp_path):
     assert oak["auc"].between(0, 1).all() and (oak["auc_low"] <= oak["auc"]).all()
     mastic = table[table["species"] == "Pistacia lentiscus"].set_index("method")
     assert not mastic["genus_seen"].any() and np.isnan(mastic.loc["congener", "auc"])
+    assert oak.loc["zero_shot", "relatives"].startswith("genus: Quercus ") and mastic["relatives"].eq("-").all()
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "## Species whose genus has no seen member" in report and "zero_shot - congener" in report
     assert (tmp_path / "eval" / "auc.png").stat().st_size > 1000
