@@ -48,7 +48,8 @@ on ``dev`` (test split; two adapt seeds; congener 0.89 / 0.89):
     genus unseen, seed 0    0.28   0.32   0.37   0.42   0.47   (genus only: 0.28 at every w)
     genus unseen, seed 1    0.44   0.45   0.47   0.51   0.57
 
-0.75 became the default (1.0 scores a little higher on dev but drops the name's own text entirely, which a
+With relatives, ``species_query_weight`` 0.3 gave 0.90 / 0.88 (seeds 0 / 1) and 1.0 gave 0.89 (seed 0): no
+better than 0.1, which stays. 0.75 became the default (1.0 scores a little higher on dev but drops the name's own text entirely, which a
 pretrained text encoder would make informative). ``--holdout report``, run once with it (seed 0): genus seen
 (9 species) zero-shot 0.77 [0.63, 0.88] vs congener 0.80 [0.65, 0.90] and ceiling 0.88 [0.82, 0.92]; zero-shot -
 congener -0.02 [-0.07, 0.03]; per species it beats its congener's model for Pinus pinaster (0.78 vs 0.65, two
