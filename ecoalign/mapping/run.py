@@ -209,7 +209,7 @@ def zero_shot_plan(encoder, raster, out: Path | None = None, *, releve=None, spe
                                                                  for label, items in comps],
             "calibration": None if raw else run.info["calibration"], "raw_similarity": bool(raw),
             "holdout_species": run.info.get("holdout_species", []), "relatives_weight": run.relatives_weight,
-            "relatives": {n: run.relatives(n) for _, items in comps for n, _ in items if run.relatives(n)[1]}}
+            "relatives": {n: rel for _, items in comps for n, _ in items if (rel := run.relatives(n))[1]}}
     plan = dataclasses.replace(
         plan, targets=list(model.species_), task="similarity" if raw else "suitability",
         features=[f"{EMBED_PREFIX}{j:03d}" for j in range(encoder.embed_dim)],
