@@ -302,7 +302,7 @@ def test_unseen_names_are_pulled_toward_their_closest_seen_relatives(zs):
     run0, run1 = ZeroShotRun(zs["run"], relatives_weight=0.0), ZeroShotRun(zs["run"], relatives_weight=1.0)
     rank, oaks = run1.relatives("Quercus pubescens")
     assert rank == "genus" and set(oaks) == {s for s in run1.species if s.startswith("Quercus ")} and oaks
-    assert run1.relatives("Quercus ilex") == (None, [])  # a training species is itself
+    assert run1.relatives("Quercus ilex") == (None, []) == run1.relatives("quercus ILEX L.")  # a training species
     assert run1.relatives("Pistacia lentiscus") == (None, [])  # Anacardiaceae, Sapindales: nothing seen
     rank, fagaceae = ZeroShotRun(zs["run"], relative_ranks=("family",)).relatives("Quercus pubescens")
     assert rank == "family" and set(oaks) < set(fagaceae) and "Fagus sylvatica" in fagaceae

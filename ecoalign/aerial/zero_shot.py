@@ -242,15 +242,19 @@ class ZeroShotRun:
 
     def relatives(self, name: str) -> tuple[str | None, list[str]]:
         """(rank, training species) closest to ``name`` in the run's checklist: those of its genus, else of its
-        family, else of its order (``relative_ranks``); (None, []) for a training species or a name with none."""
-        if name in self.species:
+        family, else of its order (``relative_ranks``); (None, []) for a training species (however its name is
+        written, e.g. ``Quercus ILEX L.``) or a name with none."""
+        from ecoalign.data.taxonomy import parse_name
+
+        genus, epithet, _ = parse_name(name)
+        if name in self.species or f"{genus} {epithet}" in self.species:
             return None, []
         taxon = self.taxon(name)
         table = self.taxonomy.assign(species=self.taxonomy["species"].astype(str)).drop_duplicates("species")
         table = table.set_index("species")
         table = table.loc[[s for s in self.species if s in table.index]]
         for rank in self.relative_ranks:
-            value = taxon.name_at(rank) if taxon is not None else (name.split()[0] if rank == "genus" else None)
+            value = taxon.name_at(rank) if taxon is not None else (genus if rank == "genus" else None)
             if value and rank in table:
                 mates = table.index[table[rank].astype(str) == value].tolist()
                 if mates:
