@@ -118,3 +118,32 @@ def test_adapt_with_organism_text_releve_encoder(tiny_dir, tmp_path):
     state = torch.load(run / "encoder" / "releve_encoder.pt", weights_only=True)
     assert state["species_text"].shape == (info["species"], 2 * 64) and "text_proj.weight" in state
     assert 0.0 <= report["variants"][0]["test"]["image_to_releve_R@10"] <= 1.0
+
+
+def test_set_encoder_makes_tokens_of_present_species_only_and_equals_attention_over_the_whole_checklist():
+    """The gathered (present-only) forward is the masked attention over every checklist species, an empty relevé
+    included (it attends to all of them); its tokens are as wide as the longest relevé, not the checklist."""
+    from ecoalign.encoders.releve import cover_features
+
+    torch.manual_seed(0)
+    enc = SetReleveEncoder(300, 16, hidden=32, heads=4, dropout=0.1).eval()
+    cover = torch.rand(24, 300) * (torch.rand(24, 300) < 0.02) * 60
+    cover[5] = 0.0
+    cover[7, 0] = 100.0
+
+    def masked_over_checklist(c):
+        feats = cover_features(c)
+        tokens = enc.species_tokens()[None] + enc.cover_proj(feats[..., None])
+        absent = feats <= 0
+        absent[absent.all(dim=1)] = False
+        pooled, _ = enc.attn(enc.query.expand(len(c), -1, -1), tokens, tokens, key_padding_mask=absent)
+        return enc.out(pooled[:, 0])
+
+    seen = []
+    hook = enc.attn.register_forward_hook(lambda m, args, out: seen.append(args[1].shape))
+    with torch.no_grad():
+        torch.testing.assert_close(enc(cover), masked_over_checklist(cover), atol=1e-5, rtol=1e-5)
+        full = enc(cover[[0, 1, 2, 3, 4, 6, 7]])
+    hook.remove()
+    assert seen[0][1] == 300 and seen[-1][1] == int((cover[[0, 1, 2, 3, 4, 6, 7]] > 0).sum(1).max()) < 20
+    assert torch.isfinite(full).all()

@@ -47,10 +47,11 @@ class SpeciesQueryLoss(nn.Module):
     plots of a *seen* species at AUC ~0.68). Training that query to score presence, through the text projection of
     the species tokens, is what an unseen species' query then inherits.
 
-    Cost: one one-species relevé per species, i.e. S x S species tokens with the set encoder. With more than
-    ``max_species`` species, a training step scores a random subset of that many (drawn from torch's global
-    generator, which adapt checkpoints, so resume stays exact) and scales the sum by S / subset, an unbiased
-    estimate of the full loss; evaluation scores every species in chunks of ``max_species`` without gradients.
+    Cost: one one-species relevé per species (one token each: the set encoder gathers present species only) and
+    B x S logits. With more than ``max_species`` species, a training step scores a random subset of that many
+    (drawn from torch's global generator, which adapt checkpoints, so resume stays exact) and scales the sum by
+    S / subset, an unbiased estimate of the full loss; evaluation scores every species, in chunks of
+    ``max_species`` without gradients.
     """
 
     def __init__(self, cover: float, init_temperature: float = 10.0, init_bias: float = -5.0,

@@ -329,7 +329,7 @@ def write_zero_shot_files(run_dir: Path, model, data, species: list[str], plot_i
     with torch.no_grad():
         adapted, img = model.encode_image(data.frozen[:, 0])
         rel = torch.cat([model.releve_encoder(one_species_covers(chunk, data.cover.shape[1], SPECIES_COVER))
-                         for chunk in torch.arange(data.cover.shape[1]).split(256)])  # chunks: S tokens a relevé
+                         for chunk in torch.arange(data.cover.shape[1]).split(256)])  # chunks: a (256, S) cover each
     img = torch.nn.functional.normalize(img.double(), dim=1)
     rel = torch.nn.functional.normalize(rel.double(), dim=1)
     train = data.split == "train"

@@ -96,11 +96,18 @@ class SetReleveEncoder(nn.Module):
         return text if mean is None else (text - mean) / self.text_std
 
     def forward(self, cover_percent: torch.Tensor, species_text: torch.Tensor | None = None) -> torch.Tensor:
+        """Only the species present in a relevé become tokens, gathered (in checklist order) and padded to the
+        longest relevé of the batch: memory B x k x H for at most k species a relevé, not B x S x H for a
+        checklist of S (absent species were masked out of the attention anyway)."""
         feats = cover_features(cover_percent)  # (B, S)
-        tokens = self.species_tokens(species_text)[None] + self.cover_proj(feats[..., None])  # (B, S, H)
-        absent = feats <= 0
-        absent[absent.all(dim=1)] = False  # an empty relevé attends to everything rather than to nothing
-        pooled, _ = self.attn(self.query.expand(feats.shape[0], -1, -1), tokens, tokens, key_padding_mask=absent)
+        present = feats > 0
+        present[~present.any(dim=1)] = True  # an empty relevé attends to everything rather than to nothing
+        k = int(present.sum(dim=1).max()) if len(feats) else 1
+        # a stable sort puts each relevé's present species first, in checklist order
+        idx = torch.sort((~present).to(torch.uint8), dim=1, stable=True).indices[:, :k]  # (B, k)
+        tokens = self.species_tokens(species_text)[idx] + self.cover_proj(feats.gather(1, idx)[..., None])
+        padding = ~present.gather(1, idx)
+        pooled, _ = self.attn(self.query.expand(feats.shape[0], -1, -1), tokens, tokens, key_padding_mask=padding)
         return self.out(pooled[:, 0])
 
 
