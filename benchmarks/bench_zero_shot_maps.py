@@ -58,6 +58,11 @@ a niche exception). Genus unseen: Pistacia lentiscus 0.76 (no seen relative up t
 Alnus glutinosa 0.39 (pulled toward Betula pendula, a dry-ground birch: family is a poor prior there). On all
 plots: 0.80 vs congener 0.82. The >= 0.70 target is met in the mean; "above the congener" is not (level within
 the intervals).
+
+Re-run with the final code (the set encoder gathers present species only: the same function, but attention
+dropout draws differ, so training differs by seed-level noise): dev seed 0 0.87 [0.75, 0.95] (congener 0.89);
+report genus seen 0.77 [0.61, 0.89] vs congener 0.80 [0.65, 0.90], paired -0.03 [-0.08, 0.02]; genus unseen
+0.53 (Pistacia 0.73, Alnus 0.32); on all plots 0.80 vs 0.82.
 """
 from __future__ import annotations
 
