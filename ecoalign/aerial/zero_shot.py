@@ -18,10 +18,11 @@ At query time a name absent from the training species is also pulled toward its 
 becomes ``(1 - w) * own + w * mean(relatives')`` with ``w = RELATIVES_WEIGHT`` (chosen on the dev holdout). Why: the
 text encoder places a new epithet arbitrarily (a random-weight one does), while phylogenetic niche conservatism
 says relatives are the best prior of where a species grows; with several seen congeners their mean is a better
-prior than any one of them. On the dev holdout (one run, random-weight encoders) genus-seen species went from AUC
-0.86 (w = 0) to 0.88 / 0.89 / 0.90 / 0.90 (w = 0.25 / 0.5 / 0.75 / 1), above their nearest congener's model (0.89),
-and genus-unseen ones from 0.28 to 0.47 through family/order relatives. 0.75 rather than 1 keeps part of the name's
-own text, which a pretrained text encoder makes informative (untested here: no pretrained weights).
+prior than any one of them. On the dev holdout (two runs, random-weight encoders) genus-seen species went from
+AUC 0.86 / 0.78 (w = 0) to 0.90 / 0.88 (w = 0.75), level with their nearest congener's model (0.89), and genus-unseen
+ones rose through family/order relatives (figures: ``benchmarks/bench_zero_shot_maps.py``). 0.75 rather than 1
+(a little higher on dev) keeps part of the name's own text, which a pretrained text encoder makes informative
+(untested here: no pretrained weights).
 
 Files an organism-text run holds for this (``<run>/encoder/``): ``zero_shot.json`` (calibration, the organism
 encoder's identity and hash, the held-out species, the cover a one-species relevé gets), ``taxonomy.csv`` (the
@@ -353,4 +354,3 @@ def write_zero_shot_files(run_dir: Path, model, data, species: list[str], plot_i
     log.info("zero-shot calibration on %d plot x species pairs: suitability = expit(%.2f * similarity %+.2f)",
              len(sims), calibration["slope"], calibration["intercept"])
     return info
-

@@ -146,14 +146,13 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
     if model is None:
         plan, fitted, encoder = zero_shot_plan(
             encoder, raster, out, releve=releve, species=species, raw=raw_similarity, organism=organism_encoder,
-            relatives_weight=relatives_weight, threshold_rule=threshold_rule if presence else None, stride_m=stride_m, block_px=block_px,
-            max_nodata_fraction=max_nodata_fraction, precision=precision)
+            relatives_weight=relatives_weight, threshold_rule=threshold_rule if presence else None, stride_m=stride_m,
+            block_px=block_px, max_nodata_fraction=max_nodata_fraction, precision=precision)
         return _write_map(plan, fitted, encoder, out, overwrite=overwrite, scheduler=scheduler, workers=workers,
                           batch_size=batch_size, device=device, quicklook=quicklook, progress=progress)
     if releve or raw_similarity or organism_encoder or relatives_weight is not None:
         raise EcoalignInputError("--releve, --raw-similarity, --organism-encoder and --relatives-weight make zero-shot "
-                                 "maps, which take "
-                                 "no species model", where="--model", expected="either --model BUNDLE or --releve/--species "
+                                 "maps, which take no species model", where="--model", expected="either --model BUNDLE or --releve/--species "
                                  "with an organism-text adapt run as --encoder")
     meta = read_bundle_meta(model)
     targets = select_species(meta, species, model)
@@ -176,8 +175,8 @@ def map_raster(encoder, model, raster, out, *, env_rasters: Sequence = (), strid
 
 
 def zero_shot_plan(encoder, raster, out: Path | None = None, *, releve=None, species=None, raw: bool = False,
-                   organism=None, relatives_weight=None, threshold_rule=None, stride_m=None, block_px=None, max_nodata_fraction: float = 0.5,
-                   precision=None):
+                   organism=None, relatives_weight=None, threshold_rule=None, stride_m=None, block_px=None,
+                   max_nodata_fraction: float = 0.5, precision=None):
     """The plan of a zero-shot map: the run's window grid, its adapted encoder, and a ``ZeroShotModel`` (carried in
     ``plan.extra["zero_shot"]``, so workers and the resume fingerprint see it) in place of a bundle."""
     from ecoalign.aerial.embed import EMBED_PREFIX
@@ -209,7 +208,8 @@ def zero_shot_plan(encoder, raster, out: Path | None = None, *, releve=None, spe
                                                                  for label, items in comps],
             "calibration": None if raw else run.info["calibration"], "raw_similarity": bool(raw),
             "holdout_species": run.info.get("holdout_species", []), "relatives_weight": run.relatives_weight,
-            "relatives": {n: rel for _, items in comps for n, _ in items if (rel := run.relatives(n))[1]}}
+            "relatives": {n: rel for _, items in comps for n, _ in items
+                          if run.relatives_weight > 0 and (rel := run.relatives(n))[1]}}
     plan = dataclasses.replace(
         plan, targets=list(model.species_), task="similarity" if raw else "suitability",
         features=[f"{EMBED_PREFIX}{j:03d}" for j in range(encoder.embed_dim)],
