@@ -153,7 +153,7 @@ def run_elapid_here(region, group, po, bg, test) -> pd.DataFrame:
     recorded on another."""
     import elapid
 
-    from ecoalign.sdm.metrics import _auc, confusion_metrics, max_tss_threshold
+    from ecoalign.sdm.metrics import auc, confusion_metrics, max_tss_threshold
 
     cols = [c for c in bg.columns if c not in NOT_PREDICTORS]
     categorical = [cols.index(c) for c in CATEGORICAL.get(region, []) if c in cols] or None
@@ -171,7 +171,7 @@ def run_elapid_here(region, group, po, bg, test) -> pd.DataFrame:
         cpu = time.process_time() - t0
         truth = test[s].to_numpy() > 0
         rows.append({"region": region, "group": group, "species": s, "method": REFERENCE_HERE,
-                     "n_train_pres": len(pres), "n_test_pres": int(truth.sum()), "auc": _auc(truth, p),
+                     "n_train_pres": len(pres), "n_test_pres": int(truth.sum()), "auc": auc(truth.astype(int), p),
                      "boyce": np.nan, "tss_max": confusion_metrics(truth, p, max_tss_threshold(truth, p))["tss"],
                      "cpu_s": cpu})
     return pd.DataFrame(rows)

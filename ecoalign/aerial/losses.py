@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ecoalign.encoders.releve import one_species_covers
+
 
 class SigLIPLoss(nn.Module):
     def __init__(self, init_temperature: float = 10.0, init_bias: float = -10.0):
@@ -80,8 +82,6 @@ class SpeciesQueryLoss(nn.Module):
 
     def _loss(self, img, releve_encoder, cover, species: torch.Tensor) -> torch.Tensor:
         """Summed loss over ``species`` (indices), averaged over plots: only those species' relevés are encoded."""
-        from ecoalign.encoders.releve import one_species_covers
-
         queries = releve_encoder(one_species_covers(species, cover.shape[1], self.cover))  # (k, D)
         logits = F.normalize(img, dim=-1) @ F.normalize(queries, dim=-1).T * self.log_t.exp() + self.bias
         return F.binary_cross_entropy_with_logits(logits, (cover[:, species] > 0).float(), reduction="sum") / len(img)

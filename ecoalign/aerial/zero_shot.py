@@ -179,6 +179,7 @@ class ZeroShotRun:
         self._organism_arg = organism_encoder or rel_cfg["organism_encoder"]
         self._organism = None
         self._releve = None
+        self._seen = None
 
     # -- encoders --------------------------------------------------------------------------------------
     @property
@@ -250,10 +251,7 @@ class ZeroShotRun:
         genus, epithet, _ = parse_name(name)
         if name in self.species or f"{genus} {epithet}" in self.species:
             return None, []
-        taxon = self.taxon(name)
-        table = self.taxonomy.assign(species=self.taxonomy["species"].astype(str)).drop_duplicates("species")
-        table = table.set_index("species")
-        table = table.loc[[s for s in self.species if s in table.index]]
+        taxon, table = self.taxon(name), self._seen_taxonomy()
         for rank in self.relative_ranks:
             value = taxon.name_at(rank) if taxon is not None else (genus if rank == "genus" else None)
             if value and rank in table:
@@ -261,6 +259,14 @@ class ZeroShotRun:
                 if mates:
                     return rank, mates
         return None, []
+
+    def _seen_taxonomy(self):
+        """The checklist rows of the training species, indexed by name (built once: every name's relatives use it)."""
+        if self._seen is None:
+            table = self.taxonomy.assign(species=self.taxonomy["species"].astype(str)).drop_duplicates("species")
+            table = table.set_index("species")
+            self._seen = table.loc[[s for s in self.species if s in table.index]]
+        return self._seen
 
     def text_embeddings(self, names: Sequence[str]) -> np.ndarray:
         """Text embeddings of ``names`` as the relevé encoder takes them; an unseen name's is pulled toward its
