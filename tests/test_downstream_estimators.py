@@ -322,4 +322,44 @@ def test_downsampled_forest_saves_as_a_few_arrays_and_reloads_equal():
                   pickle.loads(pickle.dumps(model))):
         assert len(again.estimators_) == 60
         assert np.array_equal(again.predict_proba_and_spread(X)[1], model.predict_proba_and_spread(X)[1])
-        assert np.array_equal(again.estimators_[5].predict_proba(X), model.estimators_[5].predict_proba(X))
+        assert np.array_equal(again.estimators_[5].predict(X), model.estimators_[5].predict(X))
+
+
+def test_downsampled_trees_are_0_1_regressions_that_split_as_gini_trees():
+    """The forest grows regression trees on the 0/1 target (cheaper to fit than classifiers): with the same random
+    draws they make the same splits as Gini classification trees, and their leaf means are presence fractions."""
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, 8)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] * X[:, 2] + rng.normal(size=300) > 0.5).astype(int)
+    test = rng.normal(size=(2000, 8)).astype(np.float32)
+    for seed in range(5):
+        gini = DecisionTreeClassifier(max_features="sqrt", random_state=seed).fit(X, y)
+        squared = DecisionTreeRegressor(max_features="sqrt", random_state=seed).fit(X, y.astype(float))
+        assert squared.tree_.node_count == gini.tree_.node_count
+        np.testing.assert_array_equal(squared.apply(test), gini.apply(test))
+        np.testing.assert_allclose(squared.predict(test), gini.predict_proba(test)[:, 1], atol=1e-12)
+
+
+def test_downsampled_forest_of_classification_trees_from_older_bundles_reloads_equal():
+    """Bundles written before the switch to regression trees hold two class counts per node: they still load."""
+    import pickle
+
+    from sklearn.tree import DecisionTreeClassifier
+
+    from ecoalign.sdm.downsampled import DownsampledBagging
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 5))
+    y = (X[:, 0] + rng.normal(size=400) > 1).astype(int)
+    model = DownsampledBagging(n_estimators=10, random_state=0).fit(X, y)
+    bags = [rng.choice(len(X), 120) for _ in range(10)]
+    model.estimators_ = [DecisionTreeClassifier(max_features="sqrt", random_state=i).fit(X[b], y[b])
+                         for i, b in enumerate(bags)]
+    model.leaf_presence_ = [model._leaf_fraction(est.tree_) for est in model.estimators_]
+    expected = np.mean([est.predict_proba(X)[:, 1] for est in model.estimators_], axis=0)
+    np.testing.assert_allclose(model.predict_proba(X)[:, 1], expected)
+    again = pickle.loads(pickle.dumps(model))
+    assert isinstance(again.estimators_[0], DecisionTreeClassifier)
+    np.testing.assert_allclose(again.predict_proba(X)[:, 1], expected)

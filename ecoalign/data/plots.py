@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ecoalign.core.delimited import read_delimited
 from ecoalign.core.errors import EcoalignInputError
 
 X_NAMES = ("x", "easting", "east", "lon", "longitude")
@@ -46,8 +47,7 @@ def read_plots(path, *, id_column: str = "plot_id", layer: str | None = None,
             raise EcoalignInputError(f"{noun} file not found", path=where)
         suffix = where.suffix.lower()
         if suffix in (".csv", ".txt", ".tsv"):
-            df = pd.read_csv(where, sep=sep, engine="python" if sep is None else "c",
-                             dtype={id_column: str} if unique_ids else None)
+            df = read_delimited(where, sep=sep, dtype={id_column: str} if unique_ids else None)
             gdf = _points_from_xy(df, where, first_row, x_column, y_column, crs, id_column, unique_ids, noun,
                                   crs_hint="'crs:' in the manifest's plots entry, or crs= (--crs), e.g. EPSG:32631")
         elif suffix in (".parquet", ".geoparquet", ".pq"):

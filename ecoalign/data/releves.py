@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ecoalign.core.delimited import read_delimited
 from ecoalign.core.errors import EcoalignInputError
 
 # Cover-class scales to percent cover (class midpoints). A manifest may name one or give its own mapping.
@@ -99,8 +100,7 @@ def _read_table(path: Path, options: Mapping[str, Any]) -> pd.DataFrame:
     if path.suffix.lower() in (".parquet", ".pq"):
         return pd.read_parquet(path)
     try:
-        return pd.read_csv(path, sep=sep, engine="python" if sep is None else "c", dtype=str,
-                           keep_default_na=True, skipinitialspace=True)
+        return read_delimited(path, sep=sep, dtype=str, keep_default_na=True, skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise EcoalignInputError(f"cannot parse the table: {exc}", path=path) from exc
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecoalign.core.delimited import read_delimited
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.data.taxonomy import RANKS, Taxon
 
@@ -58,7 +59,7 @@ def read_frame(path: str | os.PathLike):
         if path.suffix.lower() in (".parquet", ".pq"):
             return pd.read_parquet(path)
         if path.suffix.lower() in (".csv", ".tsv", ".txt"):
-            return pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
+            return read_delimited(path, dtype=str, keep_default_na=False)
     except Exception as exc:
         raise EcoalignInputError(f"cannot read table: {exc}", path=path, expected="a CSV or Parquet file") from exc
     raise EcoalignInputError(f"unsupported table format {path.suffix!r}", path=path, expected=".csv, .tsv or .parquet")

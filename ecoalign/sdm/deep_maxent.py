@@ -44,6 +44,9 @@ def _torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+_UNUSED = -1e9  # logit offset of the rows a species does not use (see fit)
+
+
 @lru_cache(maxsize=1)
 def _bank_dropout():
     """Dropout for full-batch training whose masks are rows of a bank drawn once and reassigned to the rows at
@@ -136,14 +139,17 @@ class DeepMaxent(SpeciesModelMixin, BaseEstimator):
             opt = torch.optim.AdamW(net.parameters(), lr=float(self.learning_rate),
                                     weight_decay=float(self.weight_decay))
             xt = torch.as_tensor(Z, dtype=torch.float32)
-            wt = torch.as_tensor(W, dtype=torch.float32)
-            mt = torch.as_tensor(mask)
-            off = torch.as_tensor(np.where(mask, 0.0, -np.inf), dtype=torch.float32)  # rows not used for a species
+            # species x rows: each species' distribution over its rows is a contiguous row for the softmax (a
+            # softmax down the columns of a rows x species array is a strided reduction, slower in torch)
+            wt = torch.as_tensor(W.T, dtype=torch.float32).contiguous()
+            # rows not used for a species: a logit offset whose exp underflows to 0 (out of the softmax) and which,
+            # unlike -inf, stays finite times their zero weight, so the loss needs no masking pass
+            off = torch.as_tensor(np.where(mask.T, 0.0, _UNUSED), dtype=torch.float32).contiguous()
             net.train()
             for _ in range(int(self.epochs)):
                 opt.zero_grad(set_to_none=True)
-                logp = torch.log_softmax(net(xt) + off, dim=0)  # each species: a distribution over its rows
-                loss = -(wt * torch.where(mt, logp, torch.zeros_like(logp))).sum(0).mean()
+                logp = torch.log_softmax(net(xt).T + off, dim=1)  # each species: a distribution over its rows
+                loss = -(wt * logp).sum(1).mean()
                 loss.backward()
                 opt.step()
             self.weights_ = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())

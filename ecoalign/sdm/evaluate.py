@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ecoalign.core.delimited import read_delimited
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.core.io import atomic_path
 from ecoalign.sdm.fit import Bundle
@@ -88,7 +89,7 @@ def _read_table(source) -> tuple[pd.DataFrame, object]:
     if not path.exists():
         raise EcoalignInputError("test table not found", path=path)
     if path.suffix.lower() in (".csv", ".txt", ".tsv"):
-        return pd.read_csv(path, sep=None, engine="python"), path
+        return read_delimited(path), path
     import geopandas as gpd
 
     try:
