@@ -24,7 +24,7 @@ max-TSS threshold / chosen on one half of the test sites and scored on the other
 per-species fit + predict; ``--methods ensemble,maxent_elapid_here`` and ``--methods rf_down,deep_maxent``):
 
     method        AUC     <=20 pres  Boyce  TSS stored / split-half / optimal  CPU     (before the target-group share)
-    ensemble      0.7597  0.713      0.630  0.352 / 0.403 / 0.478               60-65   (0.752, 0.695, 0.655)
+    ensemble      0.7600  0.714      0.616  0.360 / 0.402 / 0.478               65      (0.752, 0.695, 0.655)
     rf_down       0.753   0.721      0.674  0.356 / 0.390 / 0.466               198     (- : pooled, below)
     deep_maxent   0.746   0.680      0.580  0.353 / 0.382 / 0.458               27      (0.736)
     lightgbm bal. 0.727   0.683      0.511  0.318 / 0.337 / 0.417               186 *   (0.723)
@@ -41,10 +41,13 @@ CPU measured side by side (``--methods ensemble,maxent_elapid_here``: the refere
 fitted and timed in the same run; it reproduces the reference's AUC, 0.724 vs 0.725). Each method first fits two
 species untimed (``warm_up``): a fresh process's imports (torch alone is 3 CPU-s) and first-use initialisation are
 reported on their own line, not charged to whichever region runs first; the reference's ``fit_predict_s`` is
-per-species fit + predict too. Two runs on a 2-core AMD EPYC without AMX:
+per-species fit + predict too. On a 2-core AMD EPYC without AMX:
 
-    ensemble 59.7 s / MaxEnt 274.9 s = 0.217;  64.9 s / 292.0 s = 0.222    (target < 0.25: met)
-    with each side's warm-up added (12.6 / 7.8 s; 14.2 / 11.1 s): 0.256; 0.261   (not met on that count)
+    ensemble 65.0 s / MaxEnt 284.0 s = 0.229                      (target < 0.25: met)
+    with each side's warm-up added (14.6 s / 7.6 s): 0.273           (not met on that count)
+
+(Before the forest's refit on all rows, which the ensemble row above includes: 0.7597 AUC, Boyce 0.630, TSS
+stored 0.352; CPU 59.7 / 274.9 = 0.217 and 64.9 / 292.0 = 0.222 in two runs, 0.256 / 0.261 with warm-ups.)
 
 Before the down-sampled forest grew regression trees (same splits, half the fit time of a small tree) and the
 sniffed CSV reading used pandas' C parser, the same comparison gave 98 s / 267 s = 0.37, warm-up included.

@@ -481,3 +481,36 @@ def test_ensemble_random_folds_on_request_and_spatial_folds_by_default():
     np.testing.assert_array_equal(rand.oof_, no_coords.oof_)  # the same random folds
     assert not np.array_equal(np.isnan(spatial.oof_), np.isnan(rand.oof_)) or \
         not np.allclose(spatial.oof_, rand.oof_, equal_nan=True)
+
+
+def test_ensemble_refits_the_forest_on_all_rows_without_changing_out_of_fold_scores():
+    """The default committee adds one down-sampled forest fitted on every row to the fold models; out-of-fold
+    scores (thresholds, member selection) are those of the fold models alone, and the refit sees all presences."""
+    bg, records, _ = landscape(seed=7, n_bg=800)
+    names = sorted(records["species"].unique())
+    X = pd.concat([records[["temp", "rain"]], bg[["temp", "rain"]]], ignore_index=True).to_numpy()
+    xy = pd.concat([records[["x", "y"]], bg[["x", "y"]]], ignore_index=True).to_numpy()
+    Y = np.zeros((len(X), len(names)))
+    for j, s in enumerate(names):
+        Y[np.flatnonzero(records["species"] == s), j] = 1
+    fast = {"rf_down": {"n_estimators": 10}, "deep_maxent": {"epochs": 20}}
+    default = SpatialEnsemble(member_params=fast, n_jobs=1).fit(X, Y, coords=xy, species=names)
+    none = SpatialEnsemble(member_params=fast, refit=[], n_jobs=1).fit(X, Y, coords=xy, species=names)
+    both = SpatialEnsemble(member_params=fast, refit=["rf_down", "deep_maxent"], n_jobs=1).fit(
+        X, Y, coords=xy, species=names)
+    assert default.refit_ == ["rf_down"] and none.refit_ == []
+    np.testing.assert_array_equal(default.oof_, none.oof_)
+    np.testing.assert_array_equal(both.oof_, none.oof_)
+    folds = len(none.components_)
+    assert len(default.components_) == folds + 1 and len(both.components_) == folds + 2
+    member, forest, _ = default.components_[-1]
+    assert member == "rf_down"
+    for j, s in enumerate(names):  # every tree of the refit draws its presences from all of the species' records
+        n_pres = int(Y[:, j].sum())
+        assert forest.estimators_[s].estimators_[0].tree_.n_node_samples[0] == 2 * n_pres
+    assert not np.allclose(default.predict_proba(X), none.predict_proba(X))
+    assert "refits on all rows" in default.spread_info()["over"]
+    only_dm = SpatialEnsemble(members=["deep_maxent"], member_params={"deep_maxent": {"epochs": 5}}, n_jobs=1)
+    assert only_dm.fit(X, Y, coords=xy, species=names).refit_ == []  # the default refits only what is a member
+    with pytest.raises(EcoalignInputError, match="refit"):
+        SpatialEnsemble(members=["deep_maxent"], refit=["rf_down"], n_jobs=1).fit(X, Y, coords=xy, species=names)

@@ -1,7 +1,7 @@
 """The default presence-only model: spatial-fold committees of several SDMs, members chosen by spatial CV.
 
 Each member (e.g. the down-sampled forest and DeepMaxent) is fitted once per spatial-block fold on the other
-folds. That one pass gives three things at the cost of a single cross-validation and no refit:
+folds. That one pass gives three things at the cost of a single cross-validation:
 
 - honest out-of-fold predictions for every site (``oof_``), from which the thresholds are chosen and on
   which members are compared: a member whose mean out-of-fold AUC is more than ``selection_margin`` below
@@ -9,7 +9,13 @@ folds. That one pass gives three things at the cost of a single cross-validation
 - the final prediction, the mean over the committee of every selected member (a bagging ensemble);
 - its spread between committee members (``predict_spread``), an honest uncertainty for maps.
 
-Members speak different scales (cloglog, balanced-sample probability), so each fold model's score is put on
+Fold models never see a third of the records, which costs most where a species has few. The members in
+``refit`` (default the down-sampled forest, whose trees are split between four models so that the cost stays
+that of three) are fitted once more on all rows, one more committee member each. Chosen on held-out spatial
+blocks of the disdat training records (no test site): AUC +0.0011 (standard error 0.0010) at the same CPU;
+refitting DeepMaxent as well gave +0.0017 (0.0009) for a fifth more CPU.
+
+Members speak different scales (cloglog, balanced-sample probability), so each model's score is put on
 one scale first: the share of the reference background (the landscape sample) it scores lower, read from
 1,001 stored quantiles. An output of 0.9 means "more suitable than 90 % of the landscape"; presence-only data
 identify no absolute probability of presence, so this relative suitability is what can be said honestly,
@@ -39,8 +45,9 @@ from ecoalign.sdm.species_model import (
 log = logging.getLogger(__name__)
 
 MEMBERS = ("rf_down", "deep_maxent", "maxent", "lightgbm_down", "lightgbm")
-# per fold model: a committee of 3 folds holds 300 down-sampled trees per species
-MEMBER_DEFAULTS = {"rf_down": {"n_estimators": 100}}
+# per model: 3 fold models and the refit on all rows hold 300 down-sampled trees per species
+MEMBER_DEFAULTS = {"rf_down": {"n_estimators": 75}}
+REFIT = ("rf_down",)  # the members refitted on all rows unless ``refit`` says otherwise
 _LEVELS = np.linspace(0.0, 1.0, 1001)
 # numpy's words for a nanmean / nanstd over nothing but NaN (the only RuntimeWarnings the ensemble silences)
 _EMPTY_MEAN = "Mean of empty slice"
@@ -75,6 +82,9 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
     block_size : block side in the coordinates' units (default a tenth of the larger side of the extent).
     selection_margin : members whose mean out-of-fold AUC is further than this below the best are dropped.
     reference_size : background rows whose scores define the common scale (a seeded sample).
+    refit : members also fitted once on all rows after the folds, one more committee member each (default
+        ``REFIT``, those of them that are members; ``[]`` for none). Out-of-fold scores, thresholds and member
+        selection do not depend on it.
     min_presences, n_jobs, random_state : as for the other species models.
     spatial : False for random folds (a spec's ``cv: {scheme: random}``), even when coordinates are given.
 
@@ -84,9 +94,10 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
 
     def __init__(self, members: Sequence[str] = ("rf_down", "deep_maxent"), member_params: dict | None = None,
                  folds: int = 3, block_size: float | None = None, selection_margin: float = 0.02,
-                 reference_size: int = 2000, min_presences: int = 2, n_jobs=-1, random_state: int = 0,
-                 spatial: bool = True):
+                 reference_size: int = 2000, refit: Sequence[str] | None = None, min_presences: int = 2, n_jobs=-1,
+                 random_state: int = 0, spatial: bool = True):
         self.spatial = spatial
+        self.refit = refit
         self.members = members
         self.member_params = member_params
         self.folds = folds
@@ -134,6 +145,12 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
 
     def fit(self, X, Y, coords=None, species: Sequence[str] | None = None):
         members = self._check()
+        if self.refit is None:
+            refit = [m for m in REFIT if m in members]
+        else:
+            refit = [self.refit] if isinstance(self.refit, str) else list(self.refit)
+            if [m for m in refit if m not in members]:
+                raise EcoalignInputError(f"refit {refit}", where="refit", expected=f"members among {members}")
         Xa, names = as_features(X)
         Ya, species_names, one_d = as_targets(Y, Xa.shape[0], species, allow_nan=True)
         self._set_feature_names(Xa, names)
@@ -190,6 +207,14 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         best = max(scored.values()) if scored else np.nan
         self.selected_ = [m for m in members if m in scored and scored[m] >= best - float(self.selection_margin)] \
             or members
+        self.refit_ = [m for m in self.selected_ if m in refit]
+        for m in self.refit_:  # one more committee member on all rows
+            with notes_silenced(SKIPPED_SPECIES_NOTE, CONSTANT_COLUMNS_NOTE):
+                model = _make_member(m, {**MEMBER_DEFAULTS.get(m, {}), **params.get(m, {})}, threads).fit(
+                    Xa, Yk, species=self.species_)
+            quant, at_reference = self._quantiles(model, Xa[self.reference_rows_])
+            self.components_.append((m, model, quant))
+            ref_scores.append(at_reference)
         stacked = np.stack([oof[m] for m in self.selected_])
         with warnings.catch_warnings():  # all-NaN rows: site not used for that species
             warnings.filterwarnings("ignore", message=_EMPTY_MEAN, category=RuntimeWarning)
@@ -263,5 +288,5 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         check_is_fitted(self, "components_")
         n = sum(1 for m, _, _ in self.components_ if m in self.selected_)
         return {"available": True, "statistic": "sd", "members": int(n),
-                "over": f"the spatial-fold committee ({n} fold models of {', '.join(self.selected_)}), "
-                        "on the suitability scale"}
+                "over": f"the spatial-fold committee ({n} models of {', '.join(self.selected_)}: fold models and "
+                        "refits on all rows), on the suitability scale"}
