@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import SHARED
+from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 
 from ecoalign.cli import main
@@ -510,6 +511,12 @@ def test_ensemble_refits_the_forest_on_all_rows_without_changing_out_of_fold_sco
         assert forest.estimators_[s].estimators_[0].tree_.n_node_samples[0] == 2 * n_pres
     assert not np.allclose(default.predict_proba(X), none.predict_proba(X))
     assert "refits on all rows" in default.spread_info()["over"]
+    old = none.__getstate__()  # a committee saved before refit existed: no such attribute
+    del old["refit"]
+    loaded = SpatialEnsemble.__new__(SpatialEnsemble)
+    loaded.__setstate__(old)
+    assert loaded.get_params()["refit"] == [] and clone(loaded).refit == []
+    np.testing.assert_array_equal(loaded.predict_proba(X), none.predict_proba(X))
     only_dm = SpatialEnsemble(members=["deep_maxent"], member_params={"deep_maxent": {"epochs": 5}}, n_jobs=1)
     assert only_dm.fit(X, Y, coords=xy, species=names).refit_ == []  # the default refits only what is a member
     with pytest.raises(EcoalignInputError, match="refit"):

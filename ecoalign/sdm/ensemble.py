@@ -108,6 +108,12 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
+    def __setstate__(self, state):
+        # committees saved before ``refit`` existed refitted nothing: keep get_params / clone working on them
+        state = dict(state)
+        state.setdefault("refit", [])
+        super().__setstate__(state)
+
     # ------------------------------------------------------------------ fit
     def _check(self) -> list[str]:
         members = [self.members] if isinstance(self.members, str) else list(self.members)
