@@ -100,6 +100,14 @@ def tasks(data: Path, regions: list[str]):
             yield region, group, po[po["group"] == group], bg, test
 
 
+def spec_of(tag: str, region: str, estimator: dict) -> dict:
+    """The protocol's spec: presence-only, every predictor, the region's categoricals, ecoalign's default CV."""
+    return {"name": f"disdat_{tag}", "task": "presence_only", "target": {"species_column": "spid", "min_presences": 2},
+            "features": {"embeddings": False, "covariates": "all", "categorical": CATEGORICAL.get(region, [])},
+            "estimator": estimator, "cv": {"scheme": "spatial_block", "folds": 3},
+            "metrics": ["auc", "boyce", "tss", "sensitivity", "specificity"], "bootstrap": 0}
+
+
 def run(method: str, region, group, po, bg, test, folder: Path) -> pd.DataFrame:
     from ecoalign.cli import main
     from ecoalign.sdm.fitting import load_bundle
@@ -110,12 +118,7 @@ def run(method: str, region, group, po, bg, test, folder: Path) -> pd.DataFrame:
     (folder / f"{tag}_bg.csv").write_text(bg.to_csv(index=False))
     test_csv = folder / f"{tag}_test.csv"
     test.to_csv(test_csv, index=False)
-    spec = {"name": f"disdat_{tag}", "task": "presence_only",
-            "target": {"species_column": "spid", "min_presences": 2},
-            "features": {"embeddings": False, "covariates": "all", "categorical": CATEGORICAL.get(region, [])},
-            "estimator": METHODS[method], "cv": {"scheme": "spatial_block", "folds": 3},  # ecoalign's defaults
-            "metrics": ["auc", "boyce", "tss", "sensitivity", "specificity"], "bootstrap": 0}
-    (folder / f"{tag}.yaml").write_text(yaml.safe_dump(spec))
+    (folder / f"{tag}.yaml").write_text(yaml.safe_dump(spec_of(tag, region, METHODS[method])))
     bundle = folder / f"{tag}_bundle"
     t0 = time.process_time()
     quiet = contextlib.redirect_stdout(io.StringIO())  # the verbs' own summaries; the table below says it all

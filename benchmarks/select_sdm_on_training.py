@@ -33,7 +33,7 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sdm_disdat import CATEGORICAL, CRS, DATA, tasks  # noqa: E402  (the same regions and protocol)
+from bench_sdm_disdat import CRS, DATA, spec_of, tasks  # noqa: E402  (the same regions and protocol)
 
 VARIANTS = {
     "no_refit": {"refit": [], "member_params": {"rf_down": {"n_estimators": 100}}},
@@ -56,10 +56,7 @@ def heldout_aucs(name: str, params: dict, region: str, group: str, po: pd.DataFr
     tag = f"{region}_{group}"
     po.to_csv(folder / f"{tag}_po.csv", index=False)
     bg.to_csv(folder / f"{tag}_bg.csv", index=False)
-    raw = {"name": f"select_{tag}", "task": "presence_only", "target": {"species_column": "spid", "min_presences": 2},
-           "features": {"embeddings": False, "covariates": "all", "categorical": CATEGORICAL.get(region, [])},
-           "estimator": {"name": "ensemble", "params": params}, "cv": {"scheme": "spatial_block", "folds": 3},
-           "metrics": ["auc"], "bootstrap": 0}
+    raw = spec_of(tag, region, {"name": "ensemble", "params": params})
     (folder / f"{tag}.yaml").write_text(yaml.safe_dump(raw))
     spec = as_spec(folder / f"{tag}.yaml")
     sites = read_sites(spec, points=folder / f"{tag}_po.csv", background=folder / f"{tag}_bg.csv", crs=CRS[region])

@@ -115,7 +115,8 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         super().__setstate__(state)
 
     # ------------------------------------------------------------------ fit
-    def _check(self) -> list[str]:
+    def _check(self) -> tuple[list[str], list[str]]:
+        """The members and the members to refit on all rows, validated."""
         members = [self.members] if isinstance(self.members, str) else list(self.members)
         unknown = [m for m in members if m not in MEMBERS]
         if unknown or not members:
@@ -127,7 +128,17 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
                                      expected=f"keys among the members {members}")
         if isinstance(self.folds, bool) or not isinstance(self.folds, (int, np.integer)) or self.folds < 2:
             raise EcoalignInputError(f"folds={self.folds!r}", where="folds", expected="an integer >= 2")
-        return members
+        if self.refit is None:
+            return members, [m for m in REFIT if m in members]
+        refit = [self.refit] if isinstance(self.refit, str) else list(self.refit)
+        if [m for m in refit if m not in members]:
+            raise EcoalignInputError(f"refit {refit}", where="refit", expected=f"members among {members}")
+        return members, refit
+
+    def _member(self, name: str, threads: int):
+        """An unfitted member with its defaults and the user's ``member_params``."""
+        params = {**MEMBER_DEFAULTS.get(name, {}), **(self.member_params or {}).get(name, {})}
+        return _make_member(name, params, threads)
 
     def _splits(self, n: int, coords) -> list[tuple[np.ndarray, np.ndarray]]:
         if coords is None or not self.spatial:
@@ -150,13 +161,7 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         return list(SpatialBlockKFold(self.folds, block_size=block, random_state=self.random_state).split(coords=xy))
 
     def fit(self, X, Y, coords=None, species: Sequence[str] | None = None):
-        members = self._check()
-        if self.refit is None:
-            refit = [m for m in REFIT if m in members]
-        else:
-            refit = [self.refit] if isinstance(self.refit, str) else list(self.refit)
-            if [m for m in refit if m not in members]:
-                raise EcoalignInputError(f"refit {refit}", where="refit", expected=f"members among {members}")
+        members, refit = self._check()
         Xa, names = as_features(X)
         Ya, species_names, one_d = as_targets(Y, Xa.shape[0], species, allow_nan=True)
         self._set_feature_names(Xa, names)
@@ -176,7 +181,6 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         self.reference_rows_ = np.sort(rng.choice(ref, min(len(ref), int(self.reference_size)), replace=False))
 
         threads = resolve_n_jobs(self.n_jobs)
-        params = self.member_params or {}
         splits = self._splits(len(Xa), coords)
         self.components_: list[tuple[str, object, np.ndarray]] = []  # (member, fitted fold model, quantiles)
         ref_scores: list[np.ndarray] = []  # each component's scores at the reference rows
@@ -185,8 +189,7 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
             for m in members:
                 with notes_silenced(SKIPPED_SPECIES_NOTE, CONSTANT_COLUMNS_NOTE):  # about this fold's rows only
                     try:
-                        model = _make_member(m, {**MEMBER_DEFAULTS.get(m, {}), **params.get(m, {})}, threads).fit(
-                            Xa[train], Yk[train], species=self.species_)
+                        model = self._member(m, threads).fit(Xa[train], Yk[train], species=self.species_)
                     except EcoalignInputError as exc:  # e.g. no species has presences in this fold
                         log.warning("fold %d, member %s not fitted: %s", k + 1, m, exc)
                         continue
@@ -216,8 +219,7 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         self.refit_ = [m for m in self.selected_ if m in refit]
         for m in self.refit_:  # one more committee member on all rows
             with notes_silenced(SKIPPED_SPECIES_NOTE, CONSTANT_COLUMNS_NOTE):
-                model = _make_member(m, {**MEMBER_DEFAULTS.get(m, {}), **params.get(m, {})}, threads).fit(
-                    Xa, Yk, species=self.species_)
+                model = self._member(m, threads).fit(Xa, Yk, species=self.species_)
             quant, at_reference = self._quantiles(model, Xa[self.reference_rows_])
             self.components_.append((m, model, quant))
             ref_scores.append(at_reference)
@@ -293,6 +295,8 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         """What ``predict_spread`` is the spread of (``ecoalign.sdm.outputs.spread_info``)."""
         check_is_fitted(self, "components_")
         n = sum(1 for m, _, _ in self.components_ if m in self.selected_)
+        refits = getattr(self, "refit_", [])  # committees fitted before refit existed have none
+        also = f", and refits on all rows of {', '.join(refits)}" if refits else ""
         return {"available": True, "statistic": "sd", "members": int(n),
-                "over": f"the spatial-fold committee ({n} models of {', '.join(self.selected_)}: fold models and "
-                        "refits on all rows), on the suitability scale"}
+                "over": f"the spatial-fold committee ({n} models of {', '.join(self.selected_)}: fold models{also}), "
+                        "on the suitability scale"}

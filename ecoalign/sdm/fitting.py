@@ -310,7 +310,7 @@ def fit_and_save(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: in
         "estimator": spec.estimator["name"],
         "ensemble": ({"members": list(final.members), "selected": list(final.selected_),
                       "member_cv_auc": final.member_cv_auc_, "components": len(final.components_),
-                      "refit_on_all_rows": list(getattr(final, "refit_", []))}
+                      "refit_on_all_rows": list(final.refit_)}
                      if hasattr(final, "selected_") else None),
         "reference_scores": "reference_scores.npy" if reference is not None else None,
         "encoder": sites.feature_source.get("encoder"),
