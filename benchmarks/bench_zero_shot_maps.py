@@ -84,7 +84,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--holdout", choices=sorted(HOLDOUTS), default="dev")
     ap.add_argument("--manifest", default="demo", help="data-set manifest (default: the shipped demo world)")
-    ap.add_argument("--organism", choices=sorted(ORGANISMS), default="tiny")
+    ap.add_argument("--organism", default="tiny",
+                    help=f"{' or '.join(sorted(ORGANISMS))} (random weights), or any organism encoder "
+                         "load_organism_encoder takes, e.g. bioclip or local-dir:/path (pretrained weights)")
     ap.add_argument("--size", default="small", help="DOFA size")
     ap.add_argument("--weights", default="none", help="DOFA weights (none = random)")
     ap.add_argument("--seed", type=int, default=0)
@@ -100,12 +102,13 @@ def main() -> None:
     from ecoalign.encoders.organism import load_organism_encoder
     from ecoalign.sdm.zero_shot_eval import means
 
-    out = Path(args.out).absolute() / f"{args.holdout}-{args.organism}-seed{args.seed}"
+    label = args.organism if args.organism in ORGANISMS else "".join(c if c.isalnum() else "_" for c in args.organism)
+    out = Path(args.out).absolute() / f"{args.holdout}-{label}-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     organism = out / "organism"
     if not (organism / "organism_encoder.json").exists():
         torch.manual_seed(args.seed)
-        load_organism_encoder(ORGANISMS[args.organism]).save(organism)
+        load_organism_encoder(ORGANISMS.get(args.organism, args.organism)).save(organism)
     holdout = out / "holdout.txt"
     holdout.write_text("\n".join(HOLDOUTS[args.holdout]) + "\n")
     t0 = time.perf_counter()

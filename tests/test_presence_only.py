@@ -250,8 +250,10 @@ def test_default_ensemble_end_to_end_on_records_and_background(po_files, tmp_pat
     assert set(meta["ensemble"]["member_cv_auc"]) == {"rf_down", "deep_maxent"}
     assert meta["features"] == ["temp", "rain", "soil"]  # raw columns; ids and coordinates left out
     assert set(meta["threshold_rules"]) == {"max_tss", "equal_sens_spec", "p10_presence"}
-    for s, t in meta["thresholds"].items():  # out-of-fold max-TSS, the value predict() uses
+    for s, t in meta["thresholds"].items():  # out-of-fold max-TSS on the committee's scale, the value predict() uses
         assert 0.05 < t < 0.95 and final.thresholds_[s] == pytest.approx(t)
+    assert meta["thresholds"] == final.committee_thresholds(meta["out_of_fold_thresholds"])
+    assert meta["threshold_rules"]["max_tss"] == meta["thresholds"] and "carried" in meta["threshold_rule"]
     ref = np.load(tmp_path / "bundle" / "reference_scores.npy")
     assert ref.shape[1] == len(meta["species"]) and 1000 < len(ref) <= 3000  # the background sample
     # independent survey: skill, thresholds that transfer, Boyce against the background reference
@@ -521,3 +523,28 @@ def test_ensemble_refits_the_forest_on_all_rows_without_changing_out_of_fold_sco
     assert only_dm.fit(X, Y, coords=xy, species=names).refit_ == []  # the default refits only what is a member
     with pytest.raises(EcoalignInputError, match="refit"):
         SpatialEnsemble(members=["deep_maxent"], refit=["rf_down"], n_jobs=1).fit(X, Y, coords=xy, species=names)
+
+
+def test_ensemble_thresholds_carried_to_the_committee_keep_the_landscape_share_above_them():
+    """A threshold chosen on out-of-fold scores (one fold model per member) marks the same share of the landscape
+    as suitable once carried to the committee's averaged scores, whose spread is narrower."""
+    bg, records, _ = landscape(seed=8, n_bg=800)
+    names = sorted(records["species"].unique())
+    X = pd.concat([records[["temp", "rain"]], bg[["temp", "rain"]]], ignore_index=True).to_numpy()
+    xy = pd.concat([records[["x", "y"]], bg[["x", "y"]]], ignore_index=True).to_numpy()
+    Y = np.zeros((len(X), len(names)))
+    for j, s in enumerate(names):
+        Y[np.flatnonzero(records["species"] == s), j] = 1
+    ens = SpatialEnsemble(member_params={"rf_down": {"n_estimators": 10}, "deep_maxent": {"epochs": 20}},
+                          n_jobs=1).fit(X, Y, coords=xy, species=names)
+    oof_ref = ens.oof_[ens.reference_rows_]
+    assert oof_ref.std(axis=0).mean() > ens.reference_scores_.std(axis=0).mean()  # the committee spreads less
+    raw = {s: threshold_rules(Y[:, j] > 0, ens.oof_[:, j])["max_tss"] for j, s in enumerate(names)}
+    carried = ens.committee_thresholds({**raw, "not a species": 0.5, names[0]: float("nan")})
+    assert carried["not a species"] == 0.5 and np.isnan(carried[names[0]])
+    n = len(ens.reference_rows_)
+    for j, s in enumerate(names[1:], start=1):
+        before = np.mean(oof_ref[:, j] >= raw[s])
+        after = np.mean(ens.reference_scores_[:, j] >= carried[s])
+        assert abs(after - before) <= 2.0 / n, (s, before, after)
+    assert any(abs(carried[s] - raw[s]) > 0.01 for s in names[1:])  # carrying moves them

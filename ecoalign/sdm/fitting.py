@@ -279,9 +279,14 @@ def fit_and_save(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: in
         with notes_silenced(CONSTANT_COLUMNS_NOTE):  # cross_validate has named them
             model.fit(sites.X, sites.Y[cv.species], **_fit_params(model, sites.xy))
     species = list(model[-1].species_)
+    thresholds, rules, rule_text = cv.thresholds, cv.threshold_rules, "max_tss (out-of-fold, kernel-smoothed ROC)"
+    carry = getattr(model[-1], "committee_thresholds", None)  # the ensemble: fold models' scale -> committee's
+    if carry is not None and spec.task != "abundance":
+        thresholds, rules = carry(thresholds), {rule: carry(t) for rule, t in rules.items()}
+        rule_text += "; carried to the committee's scale at the same share of the landscape above it"
     reference = None
     if spec.task != "abundance":
-        model[-1].set_thresholds({s: t for s, t in cv.thresholds.items() if s in species and np.isfinite(t)})
+        model[-1].set_thresholds({s: t for s, t in thresholds.items() if s in species and np.isfinite(t)})
         # presence-only: the ensemble scored background rows (its landscape reference) while fitting
         reference = getattr(model[-1], "reference_scores_", None) if spec.task == "presence_only" else None
         if reference is None:
@@ -305,8 +310,10 @@ def fit_and_save(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: in
         "format_version": BUNDLE_VERSION, "spec": spec.raw, "spec_name": spec.name, "task": spec.task,
         "features": list(sites.X.columns), "categorical": list(spec.features.get("categorical") or []),
         "species": species, "skipped_species": {**cv.skipped, **final.skipped_species_},
-        "thresholds": {s: cv.thresholds.get(s, float("nan")) for s in species},
-        "threshold_rule": "max_tss (out-of-fold, kernel-smoothed ROC)", "threshold_rules": cv.threshold_rules,
+        "thresholds": {s: thresholds.get(s, float("nan")) for s in species},
+        "threshold_rule": rule_text, "threshold_rules": rules,
+        # the values on the out-of-fold scale, with which cv_metrics.csv scored TSS, F1, sensitivity, specificity
+        "out_of_fold_thresholds": {s: cv.thresholds.get(s, float("nan")) for s in species},
         "estimator": spec.estimator["name"],
         "ensemble": ({"members": list(final.members), "selected": list(final.selected_),
                       "member_cv_auc": final.member_cv_auc_, "components": len(final.components_),
