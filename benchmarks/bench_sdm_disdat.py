@@ -46,6 +46,13 @@ per-species fit + predict too. On a 2-core AMD EPYC without AMX:
     ensemble 65.0 s / MaxEnt 284.0 s = 0.229                      (target < 0.25: met)
     with each side's warm-up added (14.6 s / 7.6 s): 0.273           (not met on that count)
 
+Thresholds carried to the committee's scale (``SpatialEnsemble.committee_thresholds``, chosen on held-out blocks of
+the training records, see select_sdm_on_training.py), ``--methods ensemble``: AUC 0.7600, Boyce 0.616, TSS stored
+0.359 (0.360 before: no change on the test sites), split-half 0.402, test-optimal 0.478, and the test-optimal less
+its bootstrap optimism (``corrected_optimal_tss``) 0.437: what the best fixed threshold, chosen on all the test
+sites, can expect on sites like them. That is above the 0.428 the target asks for, so the target is not
+unreachable in principle; out-of-fold presence-vs-background thresholds fall 0.08 short of it on survey sites.
+
 (Before the forest's refit on all rows, which the ensemble row above includes: 0.7597 AUC, Boyce 0.630, TSS
 stored 0.352; CPU 59.7 / 274.9 = 0.217 and 64.9 / 292.0 = 0.222 in two runs, 0.256 / 0.261 with warm-ups.)
 
@@ -151,6 +158,7 @@ def run(method: str, region, group, po, bg, test, folder: Path) -> pd.DataFrame:
                "boyce": ev.loc[s, "boyce"], "tss_stored": ev.loc[s, "tss"],
                "sens_stored": ev.loc[s, "sensitivity"], "spec_stored": ev.loc[s, "specificity"],
                "tss_max": confusion_metrics(y, p, best)["tss"], "tss_split_half": split_half_tss(y, p),
+               "tss_corrected": corrected_optimal_tss(y, p),
                "threshold": meta["thresholds"][s], "threshold_test_optimal": best}
         for rule, thr in meta.get("threshold_rules", {}).items():  # the bundle's other stored rules, for the record
             row[f"tss_{rule}"] = confusion_metrics(y, p, thr[s])["tss"] if s in thr else np.nan
@@ -211,8 +219,10 @@ def warm_up(method: str, data: Path, region: str, folder: Path) -> float:
 
 def split_half_tss(y: np.ndarray, p: np.ndarray, repeats: int = 20, seed: int = 0) -> float:
     """TSS on one half of the test sites at the max-TSS threshold of the other half, mean over random halves
-    (stratified): what the best possible threshold rule reaches honestly, as opposed to ``tss_max``, which
-    chooses and scores on the same sites and so is optimistic, most for species with few test presences."""
+    (stratified): a threshold chosen on independent survey sites like the scored ones (half as many), as opposed
+    to ``tss_max``, which chooses and scores on the same sites and so is optimistic, most for species with few
+    test presences. Pessimistic as an estimate of the best fixed threshold (its half sample is noisier):
+    ``corrected_optimal_tss`` estimates that one."""
     from ecoalign.sdm.metrics import confusion_metrics, max_tss_threshold
 
     rng = np.random.default_rng(seed)
@@ -228,6 +238,26 @@ def split_half_tss(y: np.ndarray, p: np.ndarray, repeats: int = 20, seed: int = 
             thr = max_tss_threshold(y[fit_half], p[fit_half])
             out.append(confusion_metrics(y[~fit_half], p[~fit_half], thr)["tss"])
     return float(np.nanmean(out))
+
+
+def corrected_optimal_tss(y: np.ndarray, p: np.ndarray, boots: int = 200, seed: int = 0) -> float:
+    """The test-optimal TSS less its optimism (Efron's bootstrap estimate: the mean over stratified resamples of the
+    resample's own optimal TSS minus the TSS its threshold reaches on the original sites). It estimates what the
+    best threshold chosen on all the test sites reaches on new sites like them: about the most a threshold chosen
+    anywhere else can expect, so a rule that leaves a gap to ``tss_max`` below this one's has closed all of it
+    that can be closed."""
+    from ecoalign.sdm.metrics import confusion_metrics, max_tss_threshold
+
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    if len(pos) < 2 or len(neg) < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    optimism = []
+    for _ in range(boots):
+        idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
+        thr = max_tss_threshold(y[idx], p[idx])
+        optimism.append(confusion_metrics(y[idx], p[idx], thr)["tss"] - confusion_metrics(y, p, thr)["tss"])
+    return float(confusion_metrics(y, p, max_tss_threshold(y, p))["tss"] - np.mean(optimism))
 
 
 def report(ours: pd.DataFrame, ref: pd.DataFrame) -> str:
@@ -247,6 +277,7 @@ def report(ours: pd.DataFrame, ref: pd.DataFrame) -> str:
         row["TSS stored thr"] = g["tss_stored"].mean()
         row["TSS test-optimal"] = g["tss_max"].mean()
         row["TSS split-half"] = g["tss_split_half"].mean() if "tss_split_half" in g else np.nan
+        row["TSS opt. corrected"] = g["tss_corrected"].mean() if "tss_corrected" in g else np.nan
         row["sens stored"] = g["sens_stored"].mean() if "sens_stored" in g else np.nan
         row["spec stored"] = g["spec_stored"].mean() if "spec_stored" in g else np.nan
         row["CPU s"] = g["cpu_s"].sum()
