@@ -466,21 +466,30 @@ def test_disdat_south_america_subset_beats_chance_with_transferable_thresholds(t
     assert ev.query("species == 'macro' and metric == 'tss'")["value"].iloc[0] > 0.25
 
 
-def test_ensemble_random_folds_on_request_and_spatial_folds_by_default():
-    bg, records, _ = landscape(seed=6, n_bg=800)
+FAST_MEMBERS = {"rf_down": {"n_estimators": 10}, "deep_maxent": {"epochs": 20}}  # small committees for unit tests
+
+
+def stacked_landscape(seed: int, n_bg: int = 800):
+    """``landscape``'s records over its background as one site table: features (temp, rain), coordinates, a 0/1
+    presence matrix (records' rows) and the species names, as the ensemble takes them."""
+    bg, records, _ = landscape(seed=seed, n_bg=n_bg)
     names = sorted(records["species"].unique())
     X = pd.concat([records[["temp", "rain"]], bg[["temp", "rain"]]], ignore_index=True)
     xy = pd.concat([records[["x", "y"]], bg[["x", "y"]]], ignore_index=True).to_numpy()
     Y = np.zeros((len(X), len(names)))
     for j, s in enumerate(names):
         Y[np.flatnonzero(records["species"] == s), j] = 1
-    fast = {"rf_down": {"n_estimators": 10}, "deep_maxent": {"epochs": 20}}
+    return X, xy, Y, names
+
+
+def test_ensemble_random_folds_on_request_and_spatial_folds_by_default():
+    X, xy, Y, names = stacked_landscape(seed=6)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # coords given: no "folds are random" warning
-        rand = SpatialEnsemble(member_params=fast, spatial=False, n_jobs=1).fit(X, Y, coords=xy, species=names)
-        spatial = SpatialEnsemble(member_params=fast, n_jobs=1).fit(X, Y, coords=xy, species=names)
+        rand = SpatialEnsemble(member_params=FAST_MEMBERS, spatial=False, n_jobs=1).fit(X, Y, coords=xy, species=names)
+        spatial = SpatialEnsemble(member_params=FAST_MEMBERS, n_jobs=1).fit(X, Y, coords=xy, species=names)
     with pytest.warns(UserWarning, match="folds are random"):
-        no_coords = SpatialEnsemble(member_params=fast, n_jobs=1).fit(X, Y, species=names)
+        no_coords = SpatialEnsemble(member_params=FAST_MEMBERS, n_jobs=1).fit(X, Y, species=names)
     np.testing.assert_array_equal(rand.oof_, no_coords.oof_)  # the same random folds
     assert not np.array_equal(np.isnan(spatial.oof_), np.isnan(rand.oof_)) or \
         not np.allclose(spatial.oof_, rand.oof_, equal_nan=True)
@@ -489,17 +498,11 @@ def test_ensemble_random_folds_on_request_and_spatial_folds_by_default():
 def test_ensemble_refits_the_forest_on_all_rows_without_changing_out_of_fold_scores():
     """The default committee adds one down-sampled forest fitted on every row to the fold models; out-of-fold
     scores (thresholds, member selection) are those of the fold models alone, and the refit sees all presences."""
-    bg, records, _ = landscape(seed=7, n_bg=800)
-    names = sorted(records["species"].unique())
-    X = pd.concat([records[["temp", "rain"]], bg[["temp", "rain"]]], ignore_index=True).to_numpy()
-    xy = pd.concat([records[["x", "y"]], bg[["x", "y"]]], ignore_index=True).to_numpy()
-    Y = np.zeros((len(X), len(names)))
-    for j, s in enumerate(names):
-        Y[np.flatnonzero(records["species"] == s), j] = 1
-    fast = {"rf_down": {"n_estimators": 10}, "deep_maxent": {"epochs": 20}}
-    default = SpatialEnsemble(member_params=fast, n_jobs=1).fit(X, Y, coords=xy, species=names)
-    none = SpatialEnsemble(member_params=fast, refit=[], n_jobs=1).fit(X, Y, coords=xy, species=names)
-    both = SpatialEnsemble(member_params=fast, refit=["rf_down", "deep_maxent"], n_jobs=1).fit(
+    X, xy, Y, names = stacked_landscape(seed=7)
+    X = X.to_numpy()
+    default = SpatialEnsemble(member_params=FAST_MEMBERS, n_jobs=1).fit(X, Y, coords=xy, species=names)
+    none = SpatialEnsemble(member_params=FAST_MEMBERS, refit=[], n_jobs=1).fit(X, Y, coords=xy, species=names)
+    both = SpatialEnsemble(member_params=FAST_MEMBERS, refit=["rf_down", "deep_maxent"], n_jobs=1).fit(
         X, Y, coords=xy, species=names)
     assert default.refit_ == ["rf_down"] and none.refit_ == []
     np.testing.assert_array_equal(default.oof_, none.oof_)
@@ -528,15 +531,8 @@ def test_ensemble_refits_the_forest_on_all_rows_without_changing_out_of_fold_sco
 def test_ensemble_thresholds_carried_to_the_committee_keep_the_landscape_share_above_them():
     """A threshold chosen on out-of-fold scores (one fold model per member) marks the same share of the landscape
     as suitable once carried to the committee's averaged scores, whose spread is narrower."""
-    bg, records, _ = landscape(seed=8, n_bg=800)
-    names = sorted(records["species"].unique())
-    X = pd.concat([records[["temp", "rain"]], bg[["temp", "rain"]]], ignore_index=True).to_numpy()
-    xy = pd.concat([records[["x", "y"]], bg[["x", "y"]]], ignore_index=True).to_numpy()
-    Y = np.zeros((len(X), len(names)))
-    for j, s in enumerate(names):
-        Y[np.flatnonzero(records["species"] == s), j] = 1
-    ens = SpatialEnsemble(member_params={"rf_down": {"n_estimators": 10}, "deep_maxent": {"epochs": 20}},
-                          n_jobs=1).fit(X, Y, coords=xy, species=names)
+    X, xy, Y, names = stacked_landscape(seed=8)
+    ens = SpatialEnsemble(member_params=FAST_MEMBERS, n_jobs=1).fit(X.to_numpy(), Y, coords=xy, species=names)
     oof_ref = ens.oof_[ens.reference_rows_]
     assert oof_ref.std(axis=0).mean() > ens.reference_scores_.std(axis=0).mean()  # the committee spreads less
     raw = {s: threshold_rules(Y[:, j] > 0, ens.oof_[:, j])["max_tss"] for j, s in enumerate(names)}
