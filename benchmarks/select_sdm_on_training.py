@@ -47,18 +47,13 @@ VARIANTS = {
 }
 
 
-def _tss(yes: np.ndarray, score: np.ndarray, t: float) -> float:
-    """Held-out presences against held-out background: sensitivity + specificity - 1 at threshold ``t``."""
-    return float(np.mean(score[yes] >= t) + np.mean(score[~yes] < t) - 1.0) if np.isfinite(t) else float("nan")
-
-
 def heldout_aucs(name: str, params: dict, region: str, group: str, po: pd.DataFrame, bg: pd.DataFrame,
                  folder: Path, outer_folds: int) -> tuple[list[dict], float]:
     """Per species and held-out block fold: AUC of the variant fitted on the other folds; and its CPU seconds."""
     from sklearn.base import clone
 
     from ecoalign.sdm.fitting import _oof_thresholds, make_model
-    from ecoalign.sdm.metrics import auc
+    from ecoalign.sdm.metrics import auc, confusion_metrics
     from ecoalign.sdm.sites import read_sites
     from ecoalign.sdm.spatial_cv import SpatialBlockKFold
     from ecoalign.sdm.spec import as_spec
@@ -89,8 +84,8 @@ def heldout_aucs(name: str, params: dict, region: str, group: str, po: pd.DataFr
             if (y[ok] > 0).any() and (y[ok] == 0).any():
                 yes, score = y[ok] > 0, pred[s].to_numpy()[ok]
                 rows.append({"variant": name, "region": tag, "fold": k, "species": s,
-                             "auc": auc(yes.astype(int), score), "tss_carried": _tss(yes, score, carried[s]),
-                             "tss_as_is": _tss(yes, score, as_is[s])})
+                             "auc": auc(yes.astype(int), score), "tss_carried": confusion_metrics(yes, score, carried[s])["tss"],
+                             "tss_as_is": confusion_metrics(yes, score, as_is[s])["tss"]})
     return rows, time.process_time() - t0
 
 

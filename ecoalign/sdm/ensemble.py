@@ -275,13 +275,14 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
         check_is_fitted(self, "reference_scores_")
         out = {}
         for s, t in thresholds.items():
-            at_ref = self.oof_[self.reference_rows_, self.species_.index(s)] if s in self.species_ else np.array([])
+            j = self.species_.index(s) if s in self.species_ else None
+            at_ref = self.oof_[self.reference_rows_, j] if j is not None else np.array([])
             at_ref = at_ref[np.isfinite(at_ref)]
             if not np.isfinite(t) or not len(at_ref):
                 out[s] = t
                 continue
             below = float(np.mean(at_ref < t))  # share of the landscape the out-of-fold threshold leaves out
-            out[s] = float(np.quantile(self.reference_scores_[:, self.species_.index(s)], below))
+            out[s] = float(np.quantile(self.reference_scores_[:, j], below))
         return out
 
     # -------------------------------------------------------------- predict
