@@ -111,31 +111,37 @@ def heldout_aucs(name: str, params: dict, region: str, group: str, po: pd.DataFr
     return rows, time.process_time() - t0
 
 
+def _tss(counts: pd.DataFrame, rule: str) -> pd.Series:
+    """TSS from held-out confusion counts (columns ``tp <rule>``, ``tn <rule>``, ``n_pres``, ``n_bg``)."""
+    return counts[f"tp {rule}"] / counts["n_pres"] + counts[f"tn {rule}"] / counts["n_bg"] - 1
+
+
+def _best_tss(rows: pd.DataFrame) -> float:
+    """TSS at the best single threshold for the held-out rows themselves (an oracle)."""
+    from ecoalign.sdm.metrics import confusion_metrics, max_tss_threshold
+
+    yes, score = np.concatenate(list(rows["yes"])), np.concatenate(list(rows["scores"]))
+    return confusion_metrics(yes, score, max_tss_threshold(yes, score))["tss"]
+
+
 def threshold_table(table: pd.DataFrame) -> str:
     """Mean TSS at each stored threshold rule over species x held-out folds (presences of one block against its
     background), and pooled per species over the folds (each row at its own fold's thresholds: a region-wide score
-    like a survey's, with every presence of the species), beside the pooled optimum (the best single threshold
-    chosen on the held-out rows themselves, an oracle)."""
-    from ecoalign.sdm.metrics import confusion_metrics, max_tss_threshold
-
+    like a survey's, with every presence of the species), beside the pooled optimum (an oracle). Differences are
+    paired against the first rule, the bundle's max-TSS."""
     rules = [c[3:] for c in table.columns if c.startswith("tp ")]
     lines = []
     for name, got in table.groupby("variant", sort=False):
         pooled = got.groupby(["region", "species"])
         sums = pooled[[f"{p} {r}" for r in rules for p in ("tp", "tn")] + ["n_pres", "n_bg"]].sum(min_count=1)
-        oracle = pooled.apply(lambda g: confusion_metrics(np.concatenate(list(g["yes"])), np.concatenate(list(
-            g["scores"])), max_tss_threshold(np.concatenate(list(g["yes"])), np.concatenate(list(g["scores"]))))["tss"])
         lines.append(f"{name}: held-out TSS per block ({len(got)} species x folds) / pooled over the folds "
-                     f"({len(sums)} species; pooled optimum, an oracle: {oracle.mean():.4f})")
-        base_block = got[f"tp {rules[0]}"] / got["n_pres"] + got[f"tn {rules[0]}"] / got["n_bg"] - 1
-        base_pool = sums[f"tp {rules[0]}"] / sums["n_pres"] + sums[f"tn {rules[0]}"] / sums["n_bg"] - 1
+                     f"({len(sums)} species; pooled optimum, an oracle: {pooled.apply(_best_tss).mean():.4f})")
+        cells = []
         for r in rules:
-            block = got[f"tp {r}"] / got["n_pres"] + got[f"tn {r}"] / got["n_bg"] - 1
-            pool = sums[f"tp {r}"] / sums["n_pres"] + sums[f"tn {r}"] / sums["n_bg"] - 1
-            d_block, d_pool = (block - base_block).dropna(), (pool - base_pool).dropna()
-            lines.append(f"  {r:16s} {block.mean():.4f} ({d_block.mean():+.4f}, s.e. "
-                         f"{d_block.std(ddof=1) / np.sqrt(len(d_block)):.4f})   pooled {pool.mean():.4f} "
-                         f"({d_pool.mean():+.4f}, s.e. {d_pool.std(ddof=1) / np.sqrt(len(d_pool)):.4f})")
+            for counts in (got, sums):
+                tss, diff = _tss(counts, r), (_tss(counts, r) - _tss(counts, rules[0])).dropna()
+                cells.append(f"{tss.mean():.4f} ({diff.mean():+.4f}, s.e. {diff.std(ddof=1) / np.sqrt(len(diff)):.4f})")
+            lines.append(f"  {r:16s} {cells[-2]}   pooled {cells[-1]}")
     return "\n".join(lines)
 
 
