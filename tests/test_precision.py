@@ -111,6 +111,37 @@ def test_int8_runs_the_mlp_as_onednn_int8_matmuls_prepared_once(encoders, monkey
     assert mlp.fc1.weight.dtype == torch.float32
 
 
+_ONEDNN_MATMUL = """
+import torch
+from ecoalign.encoders.int8 import OneDNNInt8Linear
+torch.manual_seed(0)
+linear = torch.nn.Linear(64, 96)
+x = torch.randn(8, 64)
+got = OneDNNInt8Linear(linear)(x.to(torch.bfloat16)).float()
+print("max_error", float((got - linear(x)).abs().max()), "max_value", float(linear(x).abs().max()))
+"""
+
+
+@pytest.mark.skipif(not int8_module.onednn_int8_available(), reason="this PyTorch/CPU has no oneDNN int8 + bfloat16")
+def test_int8_matmul_runs_a_vnni_or_amx_kernel_not_onednn_reference_one():
+    """oneDNN picks its int8 matmul by the operands' types: signed activations on a CPU without AMX (Zen 4) get its
+    reference kernel, hundreds of times slower than float32. The implementation oneDNN reports (ONEDNN_VERBOSE)
+    must be a JIT kernel, and the result must match float32."""
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _ONEDNN_MATMUL], capture_output=True, text=True, check=True,
+                         env={**os.environ, "ONEDNN_VERBOSE": "1"})
+    matmuls = [line.split(",") for line in run.stdout.splitlines() if ",exec,cpu,matmul," in line]
+    assert matmuls, run.stdout[-2000:]
+    implementations = {fields[fields.index("matmul") + 1] for fields in matmuls}
+    assert not any(impl.startswith("ref") for impl in implementations), implementations
+    words = run.stdout.split()
+    error, value = (float(words[words.index(k) + 1]) for k in ("max_error", "max_value"))
+    assert error < 0.03 * value
+
+
 def test_int8_elsewhere_is_torch_dynamic_quantisation_of_the_mlp(encoders, monkeypatch):
     """Without oneDNN int8 (another build or CPU): torch dynamic quantisation of the MLP linears, the rest
     float32, under its own scheme name (caches and identities of the two schemes never mix)."""

@@ -6,7 +6,9 @@ bias and GELU fused into the matmul) and everything else (attention, layer norms
 Torch dynamic quantisation (fbgemm, VNNI) takes and gives float32, so everything around its int8 matmuls stays
 float32 (in `map`, the float32 attention took ~45% of the time), and on AMX cores its int8 matmuls ran slower
 than bfloat16 ones. Measured on 2 shared AMX cores, DOFA-small, batches of 32: this scheme about bf16's speed
-(0.98x bf16's CPU time, 2.3x fp32's), torch dynamic quantisation 0.6x bf16's. Elsewhere (no oneDNN bfloat16):
+(0.98x bf16's CPU time, 2.3x fp32's), torch dynamic quantisation 0.6x bf16's. On 2 Zen 4 cores (AVX-512 VNNI and
+bfloat16, no AMX; ``python benchmarks/bench_map.py --skip-rss``): map 2.17x fp32's tiles/s (bf16 1.97x), encoder
+alone 2.64x (torch dynamic quantisation 1.70x). The activations go in as unsigned bytes: see OneDNNInt8Linear. Elsewhere (no oneDNN bfloat16):
 torch dynamic quantisation (qint8, per tensor) of the same linears, the rest float32.
 
 Only the MLP's linears: quantising the attention's too (DOFA-small, random weights, 36 windows of bench_map's
@@ -23,6 +25,7 @@ import warnings
 import torch
 
 INT8_LAYERS = ("mlp.fc1", "mlp.fc2")
+_ZERO_POINT = 128  # of the activations' unsigned bytes (OneDNNInt8Linear)
 _ONEDNN_SCHEME = ("int8 oneDNN matmuls of " + ", ".join(INT8_LAYERS) + " (weights per channel, activations per "
                   "tensor, dynamic), GELU fused; the rest bfloat16")
 _DYNAMIC_SCHEME = "dynamic qint8, per-tensor, of " + ", ".join(INT8_LAYERS) + "; the rest float32"
@@ -87,11 +90,14 @@ class OneDNNInt8Linear(torch.nn.Module):
     def forward(self, x):
         flat = x.reshape(-1, x.shape[-1])
         lo, hi = torch.aminmax(flat)
-        # symmetric, per tensor: |x / s| <= 127 by construction, so no clamp (one memory pass fewer)
+        # symmetric, per tensor: |x / s| <= 127 by construction, so no clamp (one memory pass fewer). Stored as
+        # unsigned bytes with zero point 128 (exact; the same products): VNNI multiplies unsigned by signed bytes,
+        # and for signed activations oneDNN 3.12 has no VNNI kernel, only its reference one (on a Zen 4 without
+        # AMX: 19 s per DOFA-small MLP matmul, 600x float32); AMX takes either
         s = max(-float(lo), float(hi), 1e-30) / 127.0
-        xq = flat.mul(1.0 / s).round_().to(torch.int8)
-        y = torch.ops.onednn.qlinear_pointwise(xq, s, 0, self.packed, self.w_scale, self.w_zero, self.bias, 1.0, 0,
-                                               torch.bfloat16, self.post[0], [], self.post[1])
+        xq = flat.mul(1.0 / s).round_().add_(_ZERO_POINT).to(torch.uint8)
+        y = torch.ops.onednn.qlinear_pointwise(xq, s, _ZERO_POINT, self.packed, self.w_scale, self.w_zero, self.bias,
+                                               1.0, 0, torch.bfloat16, self.post[0], [], self.post[1])
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
