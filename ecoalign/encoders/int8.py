@@ -8,8 +8,9 @@ float32 (in `map`, the float32 attention took ~45% of the time), and on AMX core
 than bfloat16 ones. Measured on 2 shared AMX cores, DOFA-small, batches of 32: this scheme about bf16's speed
 (0.98x bf16's CPU time, 2.3x fp32's), torch dynamic quantisation 0.6x bf16's. On 2 Zen 4 cores (AVX-512 VNNI and
 bfloat16, no AMX; ``python benchmarks/bench_map.py --skip-rss``): map 2.17x fp32's tiles/s (bf16 1.97x), encoder
-alone 2.64x (torch dynamic quantisation 1.70x). The activations go in as unsigned bytes: see OneDNNInt8Linear. Elsewhere (no oneDNN bfloat16):
-torch dynamic quantisation (qint8, per tensor) of the same linears, the rest float32.
+alone 2.64x (torch dynamic quantisation 1.70x); the activations go in as unsigned bytes (see OneDNNInt8Linear).
+Elsewhere (no oneDNN bfloat16): torch dynamic quantisation (qint8, per tensor) of the same linears, the rest
+float32.
 
 Only the MLP's linears: quantising the attention's too (DOFA-small, random weights, 36 windows of bench_map's
 raster) raised the error beside the spread between windows from 0.023 to 0.037 (bf16: 0.012; per-tensor
