@@ -94,7 +94,8 @@ def heldout_aucs(name: str, params: dict, region: str, group: str, po: pd.DataFr
         model = clone(template).fit(sites.X.iloc[train], sites.Y[species].iloc[train], species__coords=xy[train])
         pred = pd.DataFrame(model.predict_proba(sites.X.iloc[held]), columns=model[-1].species_)
         ens = model[-1]
-        rules = _oof_thresholds(sites.Y[species].iloc[train][ens.species_], pd.DataFrame(ens.oof_, columns=ens.species_))
+        rules = _oof_thresholds(sites.Y[species].iloc[train][ens.species_],
+                                pd.DataFrame(ens.oof_, columns=ens.species_))
         thresholds = {rule: ens.committee_thresholds(t) for rule, t in rules.items()}
         thresholds["max_tss as is"] = rules["max_tss"]
         for s in ens.species_:
