@@ -94,7 +94,11 @@ def _prepared_once(enc, monkeypatch):
     return blocks
 
 
-@pytest.mark.skipif(not int8_module.onednn_int8_available(), reason="this PyTorch/CPU has no oneDNN int8 + bfloat16")
+needs_onednn_int8 = pytest.mark.skipif(not int8_module.onednn_int8_available(),
+                                       reason="this PyTorch/CPU has no oneDNN int8 + bfloat16")
+
+
+@needs_onednn_int8
 def test_int8_runs_the_mlp_as_onednn_int8_matmuls_prepared_once(encoders, monkeypatch):
     """Where oneDNN runs int8 matmuls: the MLP linears int8 (GELU fused into fc1), all else a bfloat16 copy."""
     blocks = _prepared_once(encoders["fp32"].with_precision("int8"), monkeypatch)
@@ -117,12 +121,13 @@ from ecoalign.encoders.int8 import OneDNNInt8Linear
 torch.manual_seed(0)
 linear = torch.nn.Linear(64, 96)
 x = torch.randn(8, 64)
+want = linear(x)
 got = OneDNNInt8Linear(linear)(x.to(torch.bfloat16)).float()
-print("max_error", float((got - linear(x)).abs().max()), "max_value", float(linear(x).abs().max()))
+print("max_error", float((got - want).abs().max()), "max_value", float(want.abs().max()))
 """
 
 
-@pytest.mark.skipif(not int8_module.onednn_int8_available(), reason="this PyTorch/CPU has no oneDNN int8 + bfloat16")
+@needs_onednn_int8
 def test_int8_matmul_runs_a_vnni_or_amx_kernel_not_onednn_reference_one():
     """oneDNN picks its int8 matmul by the operands' types: signed activations on a CPU without AMX (Zen 4) get its
     reference kernel, hundreds of times slower than float32. The implementation oneDNN reports (ONEDNN_VERBOSE)
