@@ -190,6 +190,29 @@ def test_threads_never_oversubscribe():
     assert one.estimators_["species"].get_params()["n_jobs"] == cores  # one species: its own threads
 
 
+def test_small_forest_species_fit_serially_with_the_same_result():
+    """Down-sampled forests of species with few presences are fitted one after another (a second thread only
+    costs them CPU, benchmarks/bench_species_threads.py), the rest in threads; the fitted models do not depend
+    on the plan, and each species keeps its own forest."""
+    from ecoalign.sdm import estimators
+
+    few, many = estimators._MIN_PRESENCES_PER_THREAD // 5, estimators._MIN_PRESENCES_PER_THREAD + 10
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(800, 4))
+    Y = np.zeros((800, 3))
+    Y[:many, 0] = Y[200:200 + few, 1] = Y[400:400 + many, 2] = 1
+    X[400:400 + many] += 2.0  # species 2 sits apart from the others
+    model = MultiSpeciesModel("rf_down", {"n_estimators": 5}, min_presences=2, n_jobs=2)
+    assert model._thread_plan([0, 1, 2], Y, np.isfinite(Y), threads=2) == ([0, 2], [1])
+    assert model._thread_plan([0, 1, 2], Y, np.isfinite(Y), threads=1) == ([0, 1, 2], [])
+    assert MultiSpeciesModel("lightgbm")._thread_plan([0, 1, 2], Y, np.isfinite(Y), threads=2) == ([0, 1, 2], [])
+    planned = clone(model).fit(X, Y)
+    serial = clone(model).set_params(n_jobs=1).fit(X, Y)
+    assert list(planned.estimators_) == list(serial.estimators_) == planned.species_
+    np.testing.assert_array_equal(planned.predict_proba(X), serial.predict_proba(X))
+    assert roc_auc_score(Y[:, 2], planned.predict_proba(X)[:, 2]) > 0.9  # species 2's forest, not another's
+
+
 # -------------------------------------------------------------------------------------------------- metrics
 
 

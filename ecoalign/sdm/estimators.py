@@ -34,6 +34,12 @@ MULTI_SPECIES_ESTIMATORS = ("deep_maxent", "ensemble")  # one model for all spec
 TASKS = ("presence", "abundance")
 WEIGHTINGS = ("balanced", None)
 _MULTITHREADED = ("lightgbm", "random_forest")  # estimators with their own ``n_jobs``
+# A down-sampled forest fits hundreds of trees on 2 x n_presences rows each; below about this many presences a
+# tree is mostly Python overhead that holds the GIL, so a second thread only adds contention. On 2 cores, 52
+# species of 40 presences took twice the CPU and 1.5x the wall time threaded; on the disdat records, running
+# the species under this serially cut the forest's CPU by a fifth and its wall time by a sixth
+# (benchmarks/bench_species_threads.py).
+_MIN_PRESENCES_PER_THREAD = 50
 
 
 def _check_task(task: str) -> str:
@@ -286,14 +292,32 @@ class MultiSpeciesModel(SpeciesModelMixin, BaseEstimator):
 
         # One thread budget: species in parallel (single-threaded estimators), or one species with all threads.
         threads = resolve_n_jobs(self.n_jobs)
-        workers = min(threads, len(todo))
+        threaded, serial = self._thread_plan(todo, Ya, used, threads)
+        workers = min(threads, len(threaded))
         base = self._base_estimator(inner_n_jobs=1 if workers > 1 else threads)
         fit_kw = self._categorical_fit_kw(base, names)
-        jobs = (delayed(_fit_one)(clone(base), Xk[used[:, j]], _target(Ya[used[:, j], j], self.task), weighting,
-                                  fit_kw) for j in todo)
-        fitted = Parallel(n_jobs=workers, prefer="threads")(jobs) if workers > 1 else [f(*a, **k) for f, a, k in jobs]
-        self.estimators_ = dict(zip(self.species_, fitted))
+
+        def jobs(columns):
+            return (delayed(_fit_one)(clone(base), Xk[used[:, j]], _target(Ya[used[:, j], j], self.task), weighting,
+                                      fit_kw) for j in columns)
+
+        if workers > 1:
+            fitted = dict(zip(threaded, Parallel(n_jobs=workers, prefer="threads")(jobs(threaded))))
+        else:
+            fitted, serial = {}, threaded + serial
+        fitted.update(zip(serial, (f(*a, **k) for f, a, k in jobs(serial))))
+        self.estimators_ = {s: fitted[j] for s, j in zip(self.species_, todo)}
         return self
+
+    def _thread_plan(self, todo: list[int], Ya: np.ndarray, used: np.ndarray, threads: int
+                     ) -> tuple[list[int], list[int]]:
+        """(species columns fitted in parallel threads, columns fitted one after another in this thread): the
+        down-sampled forest's small species run serially (``_MIN_PRESENCES_PER_THREAD``)."""
+        if threads < 2 or self.estimator != "rf_down":
+            return list(todo), []
+        n_pres = [int((Ya[used[:, j], j] > 0).sum()) for j in todo]
+        threaded = [j for j, n in zip(todo, n_pres) if n >= _MIN_PRESENCES_PER_THREAD]
+        return threaded, [j for j in todo if j not in set(threaded)]
 
     def _categorical_fit_kw(self, base, names: list[str] | None) -> dict:
         """LightGBM's ``categorical_feature`` (positions among the kept columns) for the declared code columns."""

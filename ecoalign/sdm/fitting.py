@@ -144,8 +144,9 @@ def _background_rows(spec: ModelSpec, Y: pd.DataFrame) -> np.ndarray:
     return np.flatnonzero(~(Y.to_numpy(dtype=float) > 0).any(axis=1))
 
 
-def _oof_thresholds(Y: pd.DataFrame, oof: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Every threshold rule per species, from out-of-fold predictions only (never in-sample)."""
+def species_threshold_rules(Y: pd.DataFrame, oof: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Every threshold rule per species (``{rule: {species: threshold}}``), from out-of-fold predictions only,
+    never in-sample."""
     rules: dict[str, dict[str, float]] = {rule: {} for rule in THRESHOLD_RULES}
     for s in Y.columns:
         y = Y[s].to_numpy(dtype=float)
@@ -220,7 +221,7 @@ def _result(spec, Y, oof, skipped, seed, t0, model=None) -> CVResult:
         rules: dict[str, dict[str, float]] = {}
         thresholds = {s: float("nan") for s in Y.columns}
     else:
-        rules = _oof_thresholds(Y, oof)
+        rules = species_threshold_rules(Y, oof)
         thresholds = dict(rules["max_tss"])
     background = _background_rows(spec, Y) if spec.task == "presence_only" else None
     metrics = score_predictions(spec, Y, oof, thresholds, seed=seed, background_rows=background)
