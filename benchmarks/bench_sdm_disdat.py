@@ -59,7 +59,10 @@ sensitivity plus specificity, in-sample): TSS 0.323 against its test-optimal 0.4
 the ensemble's stored thresholds give 0.360 (test-optimal 0.478, corrected 0.437). On the training records alone
 (select_sdm_on_training.py), no rule chosen on the out-of-fold scores came within 0.08 of the best threshold for
 held-out blocks of the same records either. Re-run on 2026-12-02 (a quieter machine): ensemble 0.7601 AUC, CPU
-29.8 s against MaxEnt's 132.4 s in the same run, ratio 0.225 (0.275 with warm-ups).
+29.8 s against MaxEnt's 132.4 s in the same run, ratio 0.225 (0.275 with warm-ups). On another 2-core AMD EPYC
+(2026-12-02, later): 34.1 / 124.3 s = 0.274, over the target; after the down-sampled forest stopped threading
+species with fewer than 50 presences (bench_species_threads.py; the same predictions): 26.0 / 110.5 s = 0.235
+(0.280 with warm-ups).
 
 (Before the forest's refit on all rows, which the ensemble row above includes: 0.7597 AUC, Boyce 0.630, TSS
 stored 0.352; CPU 59.7 / 274.9 = 0.217 and 64.9 / 292.0 = 0.222 in two runs, 0.256 / 0.261 with warm-ups.)
