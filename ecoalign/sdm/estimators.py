@@ -301,10 +301,9 @@ class MultiSpeciesModel(SpeciesModelMixin, BaseEstimator):
             return (delayed(_fit_one)(clone(base), Xk[used[:, j]], _target(Ya[used[:, j], j], self.task), weighting,
                                       fit_kw) for j in columns)
 
-        if workers > 1:
-            fitted = dict(zip(threaded, Parallel(n_jobs=workers, prefer="threads")(jobs(threaded))))
-        else:
-            fitted, serial = {}, threaded + serial
+        if workers < 2:  # nothing to share between threads: every species in this one
+            threaded, serial = [], list(todo)
+        fitted = dict(zip(threaded, Parallel(n_jobs=workers, prefer="threads")(jobs(threaded)))) if threaded else {}
         fitted.update(zip(serial, (f(*a, **k) for f, a, k in jobs(serial))))
         self.estimators_ = {s: fitted[j] for s, j in zip(self.species_, todo)}
         return self
@@ -315,9 +314,8 @@ class MultiSpeciesModel(SpeciesModelMixin, BaseEstimator):
         down-sampled forest's small species run serially (``_MIN_PRESENCES_PER_THREAD``)."""
         if threads < 2 or self.estimator != "rf_down":
             return list(todo), []
-        n_pres = [int((Ya[used[:, j], j] > 0).sum()) for j in todo]
-        threaded = [j for j, n in zip(todo, n_pres) if n >= _MIN_PRESENCES_PER_THREAD]
-        return threaded, [j for j in todo if j not in set(threaded)]
+        large = {j: int((Ya[used[:, j], j] > 0).sum()) >= _MIN_PRESENCES_PER_THREAD for j in todo}
+        return [j for j in todo if large[j]], [j for j in todo if not large[j]]
 
     def _categorical_fit_kw(self, base, names: list[str] | None) -> dict:
         """LightGBM's ``categorical_feature`` (positions among the kept columns) for the declared code columns."""
