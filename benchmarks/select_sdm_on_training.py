@@ -78,7 +78,7 @@ def heldout_aucs(name: str, params: dict, region: str, group: str, po: pd.DataFr
     max-TSS also as is); and the variant's CPU seconds."""
     from sklearn.base import clone
 
-    from ecoalign.sdm.fitting import species_threshold_rules, make_model
+    from ecoalign.sdm.fitting import make_model, species_threshold_rules
     from ecoalign.sdm.metrics import auc
     from ecoalign.sdm.sites import read_sites
     from ecoalign.sdm.spatial_cv import SpatialBlockKFold
@@ -102,7 +102,7 @@ def heldout_aucs(name: str, params: dict, region: str, group: str, po: pd.DataFr
         pred = pd.DataFrame(model.predict_proba(sites.X.iloc[held]), columns=model[-1].species_)
         ens = model[-1]
         rules = species_threshold_rules(sites.Y[species].iloc[train][ens.species_],
-                                pd.DataFrame(ens.oof_, columns=ens.species_))
+                                        pd.DataFrame(ens.oof_, columns=ens.species_))
         thresholds = {rule: ens.committee_thresholds(t) for rule, t in rules.items()}
         thresholds["max_tss as is"] = rules["max_tss"]
         for s in ens.species_:
