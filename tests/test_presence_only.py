@@ -275,7 +275,13 @@ def test_default_ensemble_end_to_end_on_records_and_background(po_files, tmp_pat
     assert set(meta["threshold_rules"]) == {"max_tss", "equal_sens_spec", "p10_presence"}
     for s, t in meta["thresholds"].items():  # out-of-fold max-TSS on the committee's scale, the value predict() uses
         assert 0.05 < t < 0.95 and final.thresholds_[s] == pytest.approx(t)
-    assert meta["thresholds"] == final.committee_thresholds(meta["out_of_fold_thresholds"])
+    carried = final.committee_thresholds(meta["out_of_fold_thresholds"])  # the same share of the landscape
+    middle = float(np.median(list(carried.values())))
+    records = pd.read_csv(po_files / "records.csv")
+    for s, t in meta["thresholds"].items():  # pulled toward the median species' by 5 / (presences + 5)
+        n = int((records["species"] == s).sum())
+        assert t == pytest.approx((n * carried[s] + 5 * middle) / (n + 5))
+    assert meta["thresholds"]["sp3"] != pytest.approx(carried["sp3"], abs=1e-3)  # the rare species moves visibly
     assert meta["threshold_rules"]["max_tss"] == meta["thresholds"] and "carried" in meta["threshold_rule"]
     ref = np.load(tmp_path / "bundle" / "reference_scores.npy")
     assert ref.shape[1] == len(meta["species"]) and 1000 < len(ref) <= 3000  # the background sample
@@ -314,6 +320,30 @@ def test_thresholds_come_from_out_of_fold_predictions_not_the_training_rows(po_f
         ok = np.isfinite(y) & np.isfinite(res.oof[s].to_numpy())
         assert res.thresholds[s] == threshold_rules(y[ok] > 0, res.oof[s].to_numpy()[ok])["max_tss"]
         assert res.thresholds[s] < 0.9  # in-sample LightGBM scores put it near 1 (the bug this replaces)
+
+
+def test_a_species_all_in_one_spatial_fold_gets_the_other_species_median_threshold(po_files, tmp_path, capsys):
+    """Six records in one 2 km patch lie in one block of a tenth of the extent, hence one fold: no fold model scores
+    any of them, so out-of-fold scores define no threshold. The committee's thresholds are shares of the landscape,
+    comparable between species: the patch species gets the others' median, with a warning, not predict's 0.5."""
+    records = pd.read_csv(po_files / "records.csv")
+    rng = np.random.default_rng(4)
+    patch = records.iloc[:6].copy().assign(species="patchy", x=55_000 + rng.uniform(0, 2000, 6),
+                                           y=55_000 + rng.uniform(0, 2000, 6))
+    pd.concat([records, patch], ignore_index=True).to_csv(tmp_path / "records.csv", index=False)
+    (tmp_path / "bg.csv").write_text((po_files / "bg.csv").read_text())
+    assert fit_cli(tmp_path, po_spec(tmp_path), tmp_path) == 0
+    err = capsys.readouterr().err
+    model, meta = load_bundle(tmp_path / "bundle")
+    assert np.isnan(meta["out_of_fold_thresholds"]["patchy"])
+    carried = model[-1].committee_thresholds(meta["out_of_fold_thresholds"])
+    others = [t for s, t in carried.items() if s != "patchy"]
+    assert meta["thresholds"]["patchy"] == pytest.approx(float(np.median(others)))
+    assert meta["thresholds_from_other_species"] == ["patchy"]
+    assert "warning: 1 species have no out-of-fold score" in err and "median of the other species" in err
+    assert "['patchy']" in err
+    assert meta["cv"]["block_size_m"] == pytest.approx(np.ptp(pd.concat([records, pd.read_csv(tmp_path / "bg.csv")])
+                                                              [["x", "y"]].to_numpy(), axis=0).max() / 10)
 
 
 def test_target_group_share_thins_the_random_background_and_keeps_it_as_landscape_reference(tmp_path):

@@ -196,3 +196,36 @@ def test_spatial_cv_is_more_honest_than_random_cv_on_autocorrelated_data(seed):
     assert random_auc > 0.65
     assert spatial_auc < random_auc - 0.12
     assert spatial_auc < 0.62  # close to chance, as it should be
+
+
+@pytest.mark.parametrize("extent", [3_000_000.0, 40.0])  # metres over a continent; degrees
+def test_a_spec_without_block_size_holds_out_tenths_of_the_extent_in_the_sites_own_units(extent):
+    """The documented default: 500 m blocks over regions 250 to 5,000 km across held about one site each (random
+    K-fold under another name); both the per-species CV and the ensemble's committee folds must hold out blocks of
+    a tenth of the extent instead."""
+    from ecoalign.sdm.fitting import make_model, make_splitter
+    from ecoalign.sdm.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "t", "task": "presence_only", "metrics": ["auc"], "estimator": {"name": "ensemble"},
+                           "cv": {"scheme": "spatial_block", "folds": 3}})
+    assert spec.cv["block_size_m"] is None
+    xy = _points(600, extent=extent, seed=3)
+    cells = block_ids(xy, float(np.ptp(xy, axis=0).max()) / 10.0)
+    assert 50 <= cells.max() + 1 <= 121  # about ten blocks across
+    for splits in (list(make_splitter(spec, 0, xy).split(coords=xy)), make_model(spec)[-1]._splits(len(xy), xy)):
+        fold = np.full(len(xy), -1)
+        for k, (train, test) in enumerate(splits):
+            fold[test] = k
+            assert not np.isin(cells[train], cells[test]).any()
+        assert (fold >= 0).all()
+        assert all(len(np.unique(fold[cells == c])) == 1 for c in np.unique(cells))
+
+
+@pytest.mark.parametrize("bad", [-500, 0, "500 m", True])
+def test_a_block_size_that_is_not_a_positive_number_is_refused_when_the_spec_is_read(bad):
+    from ecoalign.sdm.spec import spec_from_dict
+
+    with pytest.raises(EcoalignInputError, match="cv.block_size_m") as err:
+        spec_from_dict({"name": "t", "task": "presence_only", "metrics": ["auc"],
+                        "cv": {"scheme": "spatial_block", "block_size_m": bad}})
+    assert "positive block side" in str(err.value)

@@ -149,15 +149,16 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
                               "thresholds ignore spatial autocorrelation; pass coords=(n, 2)", UserWarning,
                               stacklevel=3)
             return list(KFold(self.folds, shuffle=True, random_state=self.random_state).split(np.zeros(n)))
-        from ecoalign.sdm.spatial_cv import SpatialBlockKFold
+        from ecoalign.sdm.spatial_cv import SpatialBlockKFold, default_block_size
 
         xy = np.asarray(coords, dtype=float)
         if xy.shape != (n, 2) or not np.isfinite(xy).all():
             raise EcoalignInputError(f"coords have shape {xy.shape} (or NaN values)", where="coords",
                                      expected=f"({n}, 2) finite x, y, one per row of X")
-        block = self.block_size or float(np.ptp(xy, axis=0).max()) / 10.0
-        if not block > 0:
+        if not np.ptp(xy, axis=0).max() > 0:
             raise EcoalignInputError("all sites share one location", where="coords", expected="sites spread in space")
+        block = self.block_size or default_block_size(xy)
+        log.info("ensemble folds: spatial blocks of %.6g", block)
         return list(SpatialBlockKFold(self.folds, block_size=block, random_state=self.random_state).split(coords=xy))
 
     def fit(self, X, Y, coords=None, species: Sequence[str] | None = None):

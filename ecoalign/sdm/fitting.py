@@ -112,13 +112,23 @@ def _fit_params(model, xy: np.ndarray) -> dict:
     return {"species__coords": xy} if "coords" in inspect.signature(model[-1].fit).parameters else {}
 
 
+def _cv_as_run(spec: ModelSpec, xy: np.ndarray) -> dict:
+    """The spec's cv block with the block side that was used when the spec left it to the extent."""
+    from ecoalign.sdm.spatial_cv import default_block_size
+
+    cv = dict(spec.cv)
+    if cv["scheme"] == "spatial_block" and cv.get("block_size_m") is None and len(xy):
+        cv["block_size_m"] = default_block_size(xy)
+    return cv
+
+
 def make_splitter(spec: ModelSpec, seed: int, xy: np.ndarray | None = None):
     from ecoalign.sdm.spatial_cv import make_cv
 
-    cv = spec.cv
+    cv = spec.cv if xy is None else _cv_as_run(spec, xy)
     block = cv.get("block_size_m")
-    if block is None and xy is not None and len(xy):
-        block = float(np.ptp(xy, axis=0).max()) / 10.0 or 1.0  # default: about ten blocks across the extent
+    if block != spec.cv.get("block_size_m"):
+        log.info("spatial CV blocks of %.6g (a tenth of the extent; set cv.block_size_m to choose)", block)
     return make_cv(cv["scheme"], n_splits=int(cv["folds"]), n_repeats=int(cv.get("repeats", 1)), random_state=seed,
                    block_size=float(block) if block is not None else None, buffer=float(cv.get("buffer_m", 0.0)))
 
@@ -266,6 +276,32 @@ def fit_bundle(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int 
     return fit_and_save(spec, sites, out, seed=seed, n_jobs=n_jobs, overwrite=overwrite, progress=progress)[0]
 
 
+# presences at which a species' own threshold and the median species' weigh the same (committee scale)
+THRESHOLD_PRIOR_PRESENCES = 5
+
+
+def committee_bundle_thresholds(committee, thresholds: dict[str, float], n_presences: dict[str, int]
+                                ) -> tuple[dict[str, float], list[str]]:
+    """Out-of-fold thresholds as a bundle stores them for a committee (the ensemble), and the species that had none.
+
+    Carried to the committee's scale (``committee_thresholds``), where a threshold is a share of the landscape and
+    means the same for every species; then pulled toward the median species' by ``k / (n + k)`` for ``n``
+    presences (k = ``THRESHOLD_PRIOR_PRESENCES``): the max-TSS of a few presences scored by spatial-fold models
+    is noisy. A species with no out-of-fold score at any presence (all its presences in one spatial fold) takes
+    the median; NaN would leave ``predict`` at 0.5, half the landscape suitable for no reason. Chosen on held-out
+    blocks of the disdat training records (select_sdm_on_training.py): held-out TSS +0.007 per block (s.e. 0.004),
+    +0.012 pooled per species (s.e. 0.005), against the carried thresholds alone."""
+    carried = committee.committee_thresholds(thresholds)
+    finite = [t for t in carried.values() if np.isfinite(t)]
+    if not finite:
+        return carried, []
+    middle = float(np.median(finite))
+    k = THRESHOLD_PRIOR_PRESENCES
+    out = {s: (n_presences.get(s, 0) * t + k * middle) / (n_presences.get(s, 0) + k) if np.isfinite(t) else middle
+           for s, t in carried.items()}
+    return out, [s for s, t in carried.items() if not np.isfinite(t)]
+
+
 def fit_and_save(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int = 0, n_jobs=-1,
                  overwrite: bool = False, progress: bool = True) -> tuple[Path, object]:
     """``fit_bundle``, also returning the fitted model: the caller that wants it need not load it back from disk
@@ -281,10 +317,18 @@ def fit_and_save(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: in
             model.fit(sites.X, sites.Y[cv.species], **_fit_params(model, sites.xy))
     species = list(model[-1].species_)
     thresholds, rules, rule_text = cv.thresholds, cv.threshold_rules, "max_tss (out-of-fold, kernel-smoothed ROC)"
-    carry = getattr(model[-1], "committee_thresholds", None)  # the ensemble: fold models' scale -> committee's
-    if carry is not None and spec.task != "abundance":
-        thresholds, rules = carry(thresholds), {rule: carry(t) for rule, t in rules.items()}
-        rule_text += "; carried to the committee's scale at the same share of the landscape above it"
+    undefined: list[str] = []
+    if hasattr(model[-1], "committee_thresholds") and spec.task != "abundance":  # the ensemble's own scale
+        n_presences = {sp: int((cv.y[sp] > 0).sum()) for sp in cv.y.columns}
+        thresholds, undefined = committee_bundle_thresholds(model[-1], thresholds, n_presences)
+        rules = {rule: committee_bundle_thresholds(model[-1], t, n_presences)[0] for rule, t in rules.items()}
+        rule_text += (f"; carried to the committee's scale at the same share of the landscape above it, and pulled "
+                      f"toward the median species' by {THRESHOLD_PRIOR_PRESENCES} / (presences + "
+                      f"{THRESHOLD_PRIOR_PRESENCES})")
+        if undefined:
+            log.warning("%d species have no out-of-fold score at any presence (all their presences lie in one "
+                        "spatial fold), so their threshold is the median of the other species' (the same share of "
+                        "the landscape): %s", len(undefined), undefined[:10])
     reference = None
     if spec.task != "abundance":
         model[-1].set_thresholds({s: t for s, t in thresholds.items() if s in species and np.isfinite(t)})
@@ -313,6 +357,7 @@ def fit_and_save(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: in
         "species": species, "skipped_species": {**cv.skipped, **final.skipped_species_},
         "thresholds": {s: thresholds.get(s, float("nan")) for s in species},
         "threshold_rule": rule_text, "threshold_rules": rules,
+        "thresholds_from_other_species": undefined,
         # the values on the out-of-fold scale, with which cv_metrics.csv scored TSS, F1, sensitivity, specificity
         "out_of_fold_thresholds": {s: cv.thresholds.get(s, float("nan")) for s in species},
         "estimator": spec.estimator["name"],
@@ -325,7 +370,7 @@ def fit_and_save(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: in
         "random_weights": sites.feature_source.get("random_weights"),
         "patch_size_m": sites.feature_source.get("patch_size_m"), "crs": sites.crs.to_string(),
         "n_sites": int(len(sites.ids)), "dropped_sites": {k: len(v) for k, v in sites.dropped.items()},
-        "cv": spec.cv, "cv_seconds": cv.seconds, "seed": seed,
+        "cv": _cv_as_run(spec, sites.xy), "cv_seconds": cv.seconds, "seed": seed,
         "summary": summary(cv.metrics),
     })
     log.info("bundle written to %s (%d species, thresholds from out-of-fold predictions; sha256 %s)", out,

@@ -20,7 +20,7 @@ from sklearn.model_selection import BaseCrossValidator, KFold, RepeatedKFold
 from ecoalign.core.errors import EcoalignInputError
 from ecoalign.data.splits import block_ids
 
-__all__ = ["SpatialBlockKFold", "make_cv", "CV_SCHEMES"]
+__all__ = ["SpatialBlockKFold", "make_cv", "default_block_size", "CV_SCHEMES"]
 
 CV_SCHEMES = ("spatial_block", "random")
 _PARAMS = ("n_splits", "block_size", "buffer", "n_repeats", "random_state")
@@ -140,6 +140,17 @@ class SpatialBlockKFold(BaseCrossValidator):
                             f"buffer={self.buffer} m removes every training site of fold {k}",
                             expected="a smaller buffer (well below the extent of the study area)")
                 yield train.astype(np.int64), test.astype(np.int64)
+
+
+def default_block_size(coords) -> float:
+    """Block side when a spec gives none: a tenth of the larger side of the sites' extent (in their units).
+
+    A fixed side cannot suit both a few square kilometres of relevés and a continent of herbarium records: 500 m
+    blocks over the disdat regions (250 to 5,000 km across) hold about one site each, which is random K-fold
+    under another name. Ten blocks across keep whole landscapes out of each training fold whatever the extent."""
+    xy = np.asarray(coords, dtype=np.float64)
+    side = float(np.ptp(xy, axis=0).max()) / 10.0 if len(xy) else 0.0
+    return side if side > 0 else 1.0  # all sites at one spot: one block, which the splitter then refuses
 
 
 def make_cv(scheme: str = "spatial_block", *, n_splits: int = 5, n_repeats: int = 1, random_state=None,

@@ -90,8 +90,14 @@ def spec_from_dict(raw: dict[str, Any], path: Path | str = "<spec>") -> ModelSpe
     if not features["embeddings"] and not cov and not features["rasters"]:
         raise EcoalignInputError("the spec selects no features", path=path, where="features",
                                  expected="embeddings: true and/or covariates: [...] and/or rasters: [...]")
-    cv = {"scheme": "spatial_block", "block_size_m": 500.0, "buffer_m": 0.0, "folds": 5, "repeats": 1,
+    # block_size_m None: a tenth of the extent of the sites (spatial_cv.default_block_size), whatever their units
+    cv = {"scheme": "spatial_block", "block_size_m": None, "buffer_m": 0.0, "folds": 5, "repeats": 1,
           **(raw.get("cv") or {})}
+    block = cv["block_size_m"]
+    if block is not None and (isinstance(block, bool) or not isinstance(block, (int, float)) or not block > 0):
+        raise EcoalignInputError(f"cv.block_size_m is {block!r}", path=path, where="cv.block_size_m",
+                                 expected="a positive block side in the sites' coordinate units, or leave it out "
+                                          "for a tenth of the extent")
     if cv["scheme"] not in CV_SCHEMES:
         raise EcoalignInputError(f"cv.scheme is {cv['scheme']!r}", path=path, where="cv.scheme",
                                  expected=" or ".join(map(repr, CV_SCHEMES)) + " ('none' when you evaluate on "
