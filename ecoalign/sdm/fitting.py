@@ -295,11 +295,11 @@ def committee_bundle_thresholds(committee, thresholds: dict[str, float], n_prese
     finite = [t for t in carried.values() if np.isfinite(t)]
     if not finite:
         return carried, []
-    middle = float(np.median(finite))
-    k = THRESHOLD_PRIOR_PRESENCES
-    out = {s: (n_presences.get(s, 0) * t + k * middle) / (n_presences.get(s, 0) + k) if np.isfinite(t) else middle
-           for s, t in carried.items()}
-    return out, [s for s, t in carried.items() if not np.isfinite(t)]
+    middle, k = float(np.median(finite)), THRESHOLD_PRIOR_PRESENCES
+    undefined = [s for s, t in carried.items() if not np.isfinite(t)]
+    weights = {s: n_presences.get(s, 0) / (n_presences.get(s, 0) + k) for s in carried}
+    return {s: middle if s in undefined else weights[s] * t + (1 - weights[s]) * middle
+            for s, t in carried.items()}, undefined
 
 
 def fit_and_save(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: int = 0, n_jobs=-1,
@@ -320,8 +320,9 @@ def fit_and_save(spec: ModelSpec, sites: SiteTable, out: str | Path, *, seed: in
     undefined: list[str] = []
     if hasattr(model[-1], "committee_thresholds") and spec.task != "abundance":  # the ensemble's own scale
         n_presences = {sp: int((cv.y[sp] > 0).sum()) for sp in cv.y.columns}
-        thresholds, undefined = committee_bundle_thresholds(model[-1], thresholds, n_presences)
-        rules = {rule: committee_bundle_thresholds(model[-1], t, n_presences)[0] for rule, t in rules.items()}
+        stored = {rule: committee_bundle_thresholds(model[-1], t, n_presences) for rule, t in rules.items()}
+        rules = {rule: t for rule, (t, _) in stored.items()}
+        thresholds, undefined = stored["max_tss"]  # the committee's cross-validation always yields every rule
         rule_text += (f"; carried to the committee's scale at the same share of the landscape above it, and pulled "
                       f"toward the median species' by {THRESHOLD_PRIOR_PRESENCES} / (presences + "
                       f"{THRESHOLD_PRIOR_PRESENCES})")
