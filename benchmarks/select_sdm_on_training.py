@@ -66,6 +66,18 @@ out-of-fold score at a presence (4 of 454 species x folds here) takes the median
 default (500 m, only carried): +0.013 per block, +0.012 pooled, for AUC -0.0025 (s.e. 0.0018). Also from the
 scratch script, not adopted: a fixed downward shift of the 500 m thresholds, chosen on three of the four tasks and
 scored on the fourth, +0.014 (s.e. 0.006) per block: the bias that spatial folds remove without a constant.
+
+Member selection (2026-12-02), ``--variant 'default={}' --variant 'nosel=selection_margin: 1.0'`` with the margin of
+0.02 still the default: dropping members whose mean out-of-fold AUC was more than 0.02 below the best fired in 3 of
+the 16 task x fold fits (the forest once, DeepMaxent twice, once 0.12 below), and in each the held-out blocks scored
+the full committee higher than the kept member alone. Keeping every member: AUC 0.7115 against 0.7086 (+0.0028,
+s.e. 0.0009), CPU the same, TSS at the bundle's max-TSS 0.2943 / 0.3266 (per block / pooled) against 0.2961 /
+0.3265; so ``selection_margin`` now defaults to None. Clamping DeepMaxent's covariates to the training range (MaxEnt's
+default, adopted for maps beyond the sampled range) changed nothing here: -0.0001 (s.e. 0.0001) without it. Then,
+against the new default (``--variant 'default={}' --variant 'refit_both=refit: [rf_down, deep_maxent]' ...``):
+refitting DeepMaxent on all rows too +0.0003 (s.e. 0.0005) for 11 % more CPU; the same with 60 trees per forest
+model -0.0003 (0.0010); four committee folds (``cv: {folds: 4}``, 60 trees per forest model) -0.0008 (0.0015) for
+18 % more CPU, TSS 0.3097 / 0.3342. None adopted.
 """
 from __future__ import annotations
 

@@ -174,6 +174,31 @@ def test_deep_maxent_shares_one_network_and_helps_the_rare_species():
     assert m2.skipped_species_ == {"single": "1 presences < min 2"}
 
 
+
+def test_deep_maxent_clamps_covariates_to_the_training_range_as_maxent_does():
+    """Beyond the range of the rows it was fitted on, the network's linear pieces would extrapolate without bound;
+    like MaxEnt's default clamping, a covariate outside the range predicts as at the nearest edge."""
+    bg, records, _ = landscape(seed=5)
+    names = sorted(records["species"].unique())
+    X = pd.concat([records[["temp", "rain"]], bg[["temp", "rain"]]], ignore_index=True)
+    Y = np.zeros((len(X), len(names)))
+    for j, s in enumerate(names):
+        Y[np.flatnonzero(records["species"] == s), j] = 1
+    far = pd.DataFrame({"temp": [X["temp"].max() + 40, X["temp"].min() - 40], "rain": [800.0, -5000.0]})
+    edge = far.clip(lower=X.min(), upper=X.max(), axis=1)
+    clamped = DeepMaxent(epochs=30, random_state=0).fit(X, Y, species=names)
+    np.testing.assert_allclose(clamped.predict_proba(far), clamped.predict_proba(edge))
+    free = DeepMaxent(epochs=30, random_state=0, clamp=False).fit(X, Y, species=names)
+    assert not np.allclose(free.predict_proba(far), free.predict_proba(edge))
+    inside = X.iloc[::50]  # within the range clamping changes nothing
+    np.testing.assert_array_equal(clamped.predict_proba(inside), free.predict_proba(inside))
+    old = dict(free.__getstate__())  # a network saved before clamping existed: no such parameter, predicts as fitted
+    del old["clamp"], old["x_min_"], old["x_max_"]
+    loaded = DeepMaxent.__new__(DeepMaxent)
+    loaded.__setstate__(old)
+    assert clone(loaded).clamp is False
+    np.testing.assert_array_equal(loaded.predict_proba(far), free.predict_proba(far))
+
 def test_threads_never_oversubscribe():
     cores = available_cores()
     assert resolve_n_jobs(-1) == cores == resolve_n_jobs(None) and resolve_n_jobs(10_000) == cores
@@ -580,6 +605,24 @@ def test_ensemble_refits_the_forest_on_all_rows_without_changing_out_of_fold_sco
     with pytest.raises(EcoalignInputError, match="refit"):
         SpatialEnsemble(members=["deep_maxent"], refit=["rf_down"], n_jobs=1).fit(X, Y, coords=xy, species=names)
 
+
+
+def test_ensemble_keeps_every_member_unless_a_selection_margin_is_given():
+    """Members are scored on out-of-fold AUC either way; by default none is dropped (a weaker member still helps
+    the mean, see the module docstring), and a margin drops those further below the best."""
+    X, xy, Y, names = stacked_landscape(seed=9)
+    weak = {"rf_down": {"n_estimators": 10}, "deep_maxent": {"epochs": 1, "learning_rate": 1e-6}}  # an untrained net
+    kept = SpatialEnsemble(member_params=weak, n_jobs=1).fit(X, Y, coords=xy, species=names)
+    cv_auc = kept.member_cv_auc_
+    assert cv_auc["rf_down"] > cv_auc["deep_maxent"] + 0.05, cv_auc  # the premise: one member is clearly worse
+    assert kept.selected_ == ["rf_down", "deep_maxent"]
+    assert {m for m, _, _ in kept.components_} == {"rf_down", "deep_maxent"}
+    dropped = SpatialEnsemble(member_params=weak, selection_margin=0.02, n_jobs=1).fit(X, Y, coords=xy, species=names)
+    assert dropped.selected_ == ["rf_down"] and dropped.member_cv_auc_ == pytest.approx(cv_auc)
+    assert not np.allclose(dropped.predict_proba(X), kept.predict_proba(X))
+    for bad in (-0.1, "0.02", True):
+        with pytest.raises(EcoalignInputError, match="selection_margin"):
+            SpatialEnsemble(member_params=weak, selection_margin=bad, n_jobs=1).fit(X, Y, coords=xy, species=names)
 
 def test_ensemble_thresholds_carried_to_the_committee_keep_the_landscape_share_above_them():
     """A threshold chosen on out-of-fold scores (one fold model per member) marks the same share of the landscape
