@@ -174,7 +174,6 @@ def test_deep_maxent_shares_one_network_and_helps_the_rare_species():
     assert m2.skipped_species_ == {"single": "1 presences < min 2"}
 
 
-
 def test_deep_maxent_clamps_covariates_to_the_training_range_as_maxent_does():
     """Beyond the range of the rows it was fitted on, the network's linear pieces would extrapolate without bound;
     like MaxEnt's default clamping, a covariate outside the range predicts as at the nearest edge."""
@@ -198,6 +197,7 @@ def test_deep_maxent_clamps_covariates_to_the_training_range_as_maxent_does():
     loaded.__setstate__(old)
     assert clone(loaded).clamp is False
     np.testing.assert_array_equal(loaded.predict_proba(far), free.predict_proba(far))
+
 
 def test_threads_never_oversubscribe():
     cores = available_cores()
@@ -606,7 +606,6 @@ def test_ensemble_refits_the_forest_on_all_rows_without_changing_out_of_fold_sco
         SpatialEnsemble(members=["deep_maxent"], refit=["rf_down"], n_jobs=1).fit(X, Y, coords=xy, species=names)
 
 
-
 def test_ensemble_keeps_every_member_unless_a_selection_margin_is_given():
     """Members are scored on out-of-fold AUC either way; by default none is dropped (a weaker member still helps
     the mean, see the module docstring), and a margin drops those further below the best."""
@@ -623,6 +622,7 @@ def test_ensemble_keeps_every_member_unless_a_selection_margin_is_given():
     for bad in (-0.1, "0.02", True):
         with pytest.raises(EcoalignInputError, match="selection_margin"):
             SpatialEnsemble(member_params=weak, selection_margin=bad, n_jobs=1).fit(X, Y, coords=xy, species=names)
+
 
 def test_ensemble_thresholds_carried_to_the_committee_keep_the_landscape_share_above_them():
     """A threshold chosen on out-of-fold scores (one fold model per member) marks the same share of the landscape

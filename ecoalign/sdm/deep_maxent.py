@@ -76,22 +76,22 @@ class DeepMaxent(SpeciesModelMixin, BaseEstimator):
     pseudo-absence exclusion buffer). Features are standardised inside the model.
 
     Parameters: ``hidden`` (trunk widths), ``epochs`` (full-batch AdamW steps), ``learning_rate``,
-    ``weight_decay``, ``dropout``, ``clamp`` (covariates outside the range of the fitted rows predict as at its edge,
-    MaxEnt's default: the network's linear pieces would otherwise extrapolate without bound), ``min_presences`` (fewer: species skipped with the reason),
-    ``random_state``, ``n_jobs`` (torch threads, at most the cores available to this process; problems under
-    ~20,000 rows use one).
+    ``weight_decay``, ``dropout``, ``clamp`` (covariates outside the range of the fitted rows predict as at its
+    edge, MaxEnt's default: the network's linear pieces would otherwise extrapolate without bound),
+    ``min_presences`` (fewer: species skipped with the reason), ``random_state``, ``n_jobs`` (torch threads, at
+    most the cores available to this process; problems under ~20,000 rows use one).
     """
 
     # 100 steps at 6e-3 matched 200 at 3e-3 in out-of-fold AUC on the disdat training records, at half the cost
     def __init__(self, hidden: Sequence[int] = (64, 64), epochs: int = 100, learning_rate: float = 6e-3,
                  weight_decay: float = 1e-4, dropout: float = 0.1, clamp: bool = True, min_presences: int = 2,
                  random_state: int = 0, n_jobs: int | None = None):
-        self.clamp = clamp
         self.hidden = hidden
         self.epochs = epochs
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.dropout = dropout
+        self.clamp = clamp
         self.min_presences = min_presences
         self.random_state = random_state
         self.n_jobs = n_jobs

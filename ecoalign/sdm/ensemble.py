@@ -226,11 +226,8 @@ class SpatialEnsemble(SpeciesModelMixin, BaseEstimator):
             self.member_cv_auc_[m] = float(np.mean(aucs)) if aucs else float("nan")
         scored = {m: a for m, a in self.member_cv_auc_.items() if np.isfinite(a)}
         best = max(scored.values()) if scored else np.nan
-        if self.selection_margin is None:
-            self.selected_ = [m for m in members if m in scored] or members
-        else:
-            self.selected_ = [m for m in members if m in scored and scored[m] >= best - float(self.selection_margin)] \
-                or members
+        margin = np.inf if self.selection_margin is None else float(self.selection_margin)
+        self.selected_ = [m for m in members if m in scored and scored[m] >= best - margin] or members
         self.refit_ = [m for m in self.selected_ if m in refit]
         for m in self.refit_:  # one more committee member on all rows
             with notes_silenced(SKIPPED_SPECIES_NOTE, CONSTANT_COLUMNS_NOTE):
