@@ -178,6 +178,12 @@ def _best_tss(rows: pd.DataFrame) -> float:
     return confusion_metrics(yes, score, max_tss_threshold(yes, score))["tss"]
 
 
+def _paired(values: pd.Series, base: pd.Series) -> str:
+    """'mean (mean difference to base, s.e.)' over the rows both define."""
+    diff = (values - base).dropna()
+    return f"{values.mean():.4f} ({diff.mean():+.4f}, s.e. {diff.std(ddof=1) / np.sqrt(len(diff)):.4f})"
+
+
 def threshold_table(table: pd.DataFrame) -> str:
     """Mean TSS at each stored threshold rule over species x held-out folds (presences of one block against its
     background), and pooled per species over the folds (each row at its own fold's thresholds: a region-wide score
@@ -192,8 +198,7 @@ def threshold_table(table: pd.DataFrame) -> str:
         cells = []
         for r in rules:
             for score in (lambda rule: _tss(got, rule), lambda rule: _pooled_tss(got, rule)):
-                tss, diff = score(r), (score(r) - score(rules[0])).dropna()
-                cells.append(f"{tss.mean():.4f} ({diff.mean():+.4f}, s.e. {diff.std(ddof=1) / np.sqrt(len(diff)):.4f})")
+                cells.append(_paired(score(r), score(rules[0])))
             lines.append(f"  {r:20s} {cells[-2]}   pooled {cells[-1]}")
     return "\n".join(lines)
 
@@ -206,10 +211,7 @@ def variant_tss_table(table: pd.DataFrame, base: str, rule: str = "max_tss") -> 
     pooled = pd.DataFrame({name: _pooled_tss(got, rule) for name, got in table.groupby("variant", sort=False)})
     lines = []
     for name in per_block.columns.drop(base):
-        cells = []
-        for wide in (per_block, pooled):
-            diff = (wide[name] - wide[base]).dropna()
-            cells.append(f"{wide[name].mean():.4f} ({diff.mean():+.4f}, s.e. {diff.std(ddof=1) / np.sqrt(len(diff)):.4f})")
+        cells = [_paired(wide[name], wide[base]) for wide in (per_block, pooled)]
         lines.append(f"  {name:20s} {cells[0]}   pooled {cells[1]}")
     return "\n".join(lines)
 
