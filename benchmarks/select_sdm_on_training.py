@@ -81,6 +81,10 @@ model -0.0003 (0.0010); four committee folds (``cv: {folds: 4}``, 60 trees per f
 the base: four folds gave +0.0155 (s.e. 0.0061) per block and +0.0076 (0.0068) pooled, but five folds (50 trees per
 forest model) -0.0007 (0.0060) and -0.0031 (0.0067), for AUC +0.0004 (0.0014) and 35 % more CPU: no trend with the
 number of folds, so the four-fold gain reads as that fold layout's luck, and the CPU target leaves no room for it.
+Also tried (a scratch script, not kept): max-TSS from a Beta distribution fitted to the presences' percentiles among
+the out-of-fold background scores (the maximum of u - F(u), in place of the kernel-smoothed curve; then carried and
+pulled as the bundle's), +0.0123 (s.e. 0.0058) per block but +0.0005 (0.0060) pooled by maximum likelihood, +0.0097
+(0.0053) and -0.0007 (0.0052) by moments: no gain region-wide, where a survey scores it. Not adopted.
 """
 from __future__ import annotations
 
