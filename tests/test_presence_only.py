@@ -306,7 +306,9 @@ def test_default_ensemble_end_to_end_on_records_and_background(po_files, tmp_pat
     for s, t in meta["thresholds"].items():  # pulled toward the median species' by 5 / (presences + 5)
         n = int((records["species"] == s).sum())
         assert t == pytest.approx((n * carried[s] + 5 * middle) / (n + 5))
-    assert meta["thresholds"]["sp3"] != pytest.approx(carried["sp3"], abs=1e-3)  # the rare species moves visibly
+    # not vacuous: some species moves by far more than approx's tolerance (one rare species' carried threshold can
+    # lie next to the median by chance: on a CPU without AVX-512 sp3's moved 0.0008)
+    assert max(abs(meta["thresholds"][s] - carried[s]) for s in carried) > 1e-4
     assert meta["threshold_rules"]["max_tss"] == meta["thresholds"] and "carried" in meta["threshold_rule"]
     ref = np.load(tmp_path / "bundle" / "reference_scores.npy")
     assert ref.shape[1] == len(meta["species"]) and 1000 < len(ref) <= 3000  # the background sample
